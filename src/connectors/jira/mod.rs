@@ -1,0 +1,1 @@
+//! Jira Cloud / Jira Service Management connector.

@@ -1,0 +1,144 @@
+//! Connectors: one per ITSM kind, each in its own folder. A connector owns both directions of
+//! one system's wire format: it parses raw deliveries into [`TicketEvent`]s, confirms approvals
+//! against the system's API (the webhook is a trigger, the API is the truth), and writes status
+//! back as comments and state changes. Inbound authentication is generic ([`crate::ingress::auth`]);
+//! the connector only supplies its kind's defaults.
+
+pub mod jira;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::ticket::{Approval, Person, TicketEvent, TicketRef};
+
+/// A delivery as stored in the inbox: the non-secret headers and the raw body.
+#[derive(Debug, Clone, Default)]
+pub struct RawDelivery {
+    /// Header names as received (match case-insensitively).
+    pub headers: Vec<(String, String)>,
+    /// Raw body bytes.
+    pub body: Vec<u8>,
+}
+
+impl RawDelivery {
+    /// The first value of header `name`, compared case-insensitively (Jira sends lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A delivery body that is not what this connector's system sends.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{connector}: cannot parse delivery: {reason}")]
+pub struct ParseError {
+    /// Connector id.
+    pub connector: String,
+    /// What is wrong, naming the field (never echoing secrets).
+    pub reason: String,
+}
+
+/// What the ITSM's API says about a ticket right now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// The ticket's current status name.
+    pub status: Option<String>,
+    /// The approval records the system keeps (JSM approvals, sysapproval_approver rows, ...);
+    /// `None` when the ticket has no approval records (approval is then by status alone).
+    pub approval: Option<Approval>,
+    /// The requester as the API reports it.
+    pub requester: Option<Person>,
+}
+
+/// One writeback action. Comments and state changes are separate jobs, so a retry of one never
+/// repeats the other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum WritebackAction {
+    /// Add a comment with this text.
+    Comment { text: String },
+    /// Move the ticket to the status with this name (or code, for systems that use codes).
+    Status { name: String },
+}
+
+/// A writeback as queued in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Writeback {
+    pub ticket: TicketRef,
+    #[serde(flatten)]
+    pub action: WritebackAction,
+    /// Unique per (grant, state, action): lets a connector recognize a comment it already posted.
+    pub marker: String,
+}
+
+/// A failed call to an ITSM API, classified for the retry logic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectorError {
+    /// `429`: try again after the hinted delay.
+    #[error("rate limited (HTTP {status}){}: {detail}", retry_after.map(|d| format!(", retry after {}s", d.as_secs())).unwrap_or_default())]
+    RateLimited { status: u16, retry_after: Option<Duration>, detail: String },
+    /// `5xx`, connection failure or timeout: try again.
+    #[error("unavailable{}: {detail}", status.map(|s| format!(" (HTTP {s})")).unwrap_or_default())]
+    Unavailable { status: Option<u16>, retry_after: Option<Duration>, detail: String },
+    /// A permanent refusal (`4xx` other than 408/409/425/429): retrying will not help.
+    #[error("rejected (HTTP {status}): {detail}")]
+    Rejected { status: u16, detail: String },
+    /// The request cannot be made as configured (e.g. no transition leads to the status).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ConnectorError {
+    /// Whether the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ConnectorError::RateLimited { .. } | ConnectorError::Unavailable { .. })
+    }
+
+    /// The delay the system asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ConnectorError::RateLimited { retry_after, .. } | ConnectorError::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// Default inbound-auth settings of a connector kind, used where the connector file is silent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboundDefaults {
+    /// Signature header name.
+    pub header: &'static str,
+    /// Prefix before the digest (`sha256=` for Jira).
+    pub prefix: &'static str,
+    /// Digest encoding.
+    pub encoding: crate::signatures::Encoding,
+}
+
+/// One ITSM system, both directions.
+#[async_trait]
+pub trait Connector: Send + Sync {
+    /// The connector's id (deliveries arrive on `POST /webhooks/{id}`).
+    fn id(&self) -> &str;
+    /// The kind (`jira`, `servicenow`, `freshservice`, `generic`).
+    fn kind(&self) -> &'static str;
+    /// The delivery's dedupe key: the system's delivery id where it gives one, else a body hash.
+    fn dedupe_key(&self, delivery: &RawDelivery) -> String;
+    /// Parses a verified delivery into zero or more normalized events. Pure: no I/O.
+    fn parse(&self, delivery: &RawDelivery) -> Result<Vec<TicketEvent>, ParseError>;
+    /// Reads the ticket's current state and approvals through the API.
+    async fn confirm(&self, ticket: &TicketRef) -> Result<Confirmation, ConnectorError>;
+    /// Performs one writeback.
+    async fn write_back(&self, wb: &Writeback) -> Result<(), ConnectorError>;
+    /// Are the base URL and credentials accepted? Reported, never fatal.
+    async fn healthcheck(&self) -> Result<(), ConnectorError>;
+}
+
+/// SHA-256 of the body, hex: the dedupe key for systems that give no delivery id.
+pub fn body_hash_key(body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("sha256:{}", hex::encode(Sha256::digest(body)))
+}

@@ -1,0 +1,1 @@
+//! Inbound authentication schemes (hmac-sha256, standard-webhooks, bearer, basic, header).

@@ -1,0 +1,1 @@
+//! Command elevation provider.

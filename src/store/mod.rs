@@ -1,0 +1,261 @@
+//! Durable state behind one small trait: the inbox of deliveries, the grant ledger, the outbox
+//! of provider and writeback jobs, and the audit chain. [`sqlite`] is the embedded default.
+//!
+//! Every grant transition is one [`Commit`]: new grant row + audit records + outbox jobs in one
+//! transaction, so a crash can delay work but never lose or duplicate it. Work is taken by
+//! leased claims, so several workers (or instances on PostgreSQL) never run the same job at once.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::audit::{AuditRecord, NewAudit};
+use crate::grants::{Grant, GrantState};
+
+/// Errors from a store backend.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An optimistic-concurrency check failed (the grant changed since it was read), or a
+    /// live grant already exists for the (connector, ticket, mapping). Re-read and decide again.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database could not be reached or could not commit. Retryable.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A row could not be decoded: a bug or a hand-edited database.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// Another process holds the database (SQLite exclusive lock).
+    #[error("store is locked by another process: {0}")]
+    Locked(String),
+}
+
+/// A verified delivery, ready for the inbox.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    /// UUID v7, returned to the sender in the 202 body.
+    pub id: Uuid,
+    /// Connector id.
+    pub connector: String,
+    /// Unique per (connector, dedupe_key): a repeat is a duplicate.
+    pub dedupe_key: String,
+    /// When ingress accepted it.
+    pub received_at: Timestamp,
+    /// Non-secret headers the parser may need (authentication headers are never stored).
+    pub headers: Vec<(String, String)>,
+    /// The raw body, byte for byte as signed.
+    pub body: Vec<u8>,
+}
+
+/// Result of an inbox insert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// Newly committed.
+    Accepted(Uuid),
+    /// Already in the inbox (this is the first delivery's id).
+    Duplicate(Uuid),
+}
+
+/// A delivery taken from the inbox for processing.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: Uuid,
+    pub connector: String,
+    pub dedupe_key: String,
+    pub received_at: Timestamp,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Processing attempts so far (confirmations can fail while an ITSM is down).
+    pub attempts: i32,
+}
+
+/// How processing of a delivery ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// Parsed and applied (even if it changed nothing).
+    Processed,
+    /// Could not be parsed or referred to an unknown connector; kept for inspection.
+    Rejected(String),
+}
+
+/// Which worker a job belongs to. Lanes are independent so writebacks never delay provider calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lane {
+    /// Elevation provider apply / revoke calls.
+    Provider,
+    /// Comments and state changes in the ITSM.
+    Writeback,
+}
+
+impl Lane {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Provider => "provider",
+            Lane::Writeback => "writeback",
+        }
+    }
+}
+
+/// A job to enqueue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    /// UUID v7.
+    pub id: Uuid,
+    pub lane: Lane,
+    /// Jobs with the same key run strictly in enqueue order (grant id for provider jobs,
+    /// `connector:ticket id` for writebacks).
+    pub queue_key: String,
+    /// Job payload (see [`crate::outbox`] for the shapes).
+    pub payload: serde_json::Value,
+    /// Earliest time to run.
+    pub not_before: Timestamp,
+}
+
+/// Lifecycle of an outbox row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting to run (possibly backing off until `next_at`).
+    Pending,
+    /// Done; kept for the record.
+    Done,
+    /// Failed permanently; an admin may retry it.
+    Dead,
+}
+
+impl JobState {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Done => "done",
+            JobState::Dead => "dead",
+        }
+    }
+}
+
+/// An outbox row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Job {
+    pub id: Uuid,
+    /// Insertion order; defines the order within a queue key.
+    pub seq: i64,
+    pub lane: Lane,
+    pub queue_key: String,
+    pub payload: serde_json::Value,
+    pub state: JobState,
+    /// Failed attempts so far.
+    pub attempts: i32,
+    /// When it may run next (the durable retry schedule).
+    pub next_at: Timestamp,
+    pub last_error: Option<String>,
+    pub created_at: Timestamp,
+}
+
+/// Everything one grant transition changes, committed atomically.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    /// The grant as it is after the transition (its `version` is the new version).
+    pub grant: Grant,
+    /// `None` inserts a new grant (fails with [`StoreError::Conflict`] if a live grant exists for
+    /// the same connector, ticket and mapping). `Some(v)` updates the row only if its version is
+    /// still `v`, else [`StoreError::Conflict`].
+    pub expected_version: Option<i64>,
+    /// Audit records to append, in order.
+    pub audit: Vec<NewAudit>,
+    /// Outbox jobs to enqueue.
+    pub jobs: Vec<NewJob>,
+    /// An outbox job this transition completes (the provider call that caused it).
+    pub complete_job: Option<Uuid>,
+}
+
+/// Which grants to list.
+#[derive(Debug, Clone, Default)]
+pub struct GrantFilter {
+    pub state: Option<GrantState>,
+    pub connector: Option<String>,
+    pub ticket_key: Option<String>,
+    pub limit: Option<u32>,
+}
+
+/// Queue health for metrics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OutboxStats {
+    pub pending: i64,
+    pub dead: i64,
+    /// Age of the oldest pending job.
+    pub oldest_pending_age: Option<SignedDuration>,
+}
+
+/// The durable state of jitbridge. Implemented by [`sqlite::SqliteStore`] (and PostgreSQL).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Is the database reachable? (for `/readyz`)
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    // ---- inbox ----
+    /// Commits a verified delivery, or reports that (connector, dedupe_key) is already there.
+    async fn insert_delivery(&self, d: NewDelivery) -> Result<InsertOutcome, StoreError>;
+    /// Leases up to `limit` unprocessed deliveries whose retry time has come, oldest first.
+    async fn claim_deliveries(
+        &self,
+        worker: &str,
+        now: Timestamp,
+        lease: SignedDuration,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError>;
+    /// Marks a delivery processed or rejected (releases the lease for good).
+    async fn finish_delivery(&self, id: Uuid, outcome: DeliveryOutcome) -> Result<(), StoreError>;
+    /// Releases a delivery to be tried again at `not_before` (e.g. ITSM API down).
+    async fn retry_delivery(&self, id: Uuid, not_before: Timestamp, error: &str) -> Result<(), StoreError>;
+
+    // ---- grants ----
+    /// Applies one transition atomically (see [`Commit`]).
+    async fn commit(&self, c: Commit) -> Result<(), StoreError>;
+    async fn get_grant(&self, id: Uuid) -> Result<Option<Grant>, StoreError>;
+    /// The non-terminal grant for (connector, ticket id, mapping), if any.
+    async fn live_grant(&self, connector: &str, ticket_id: &str, mapping: &str) -> Result<Option<Grant>, StoreError>;
+    /// The newest grant (any state) for (connector, ticket id, mapping), to recognize replays.
+    async fn latest_grant(&self, connector: &str, ticket_id: &str, mapping: &str) -> Result<Option<Grant>, StoreError>;
+    /// Grants, newest first.
+    async fn list_grants(&self, filter: &GrantFilter) -> Result<Vec<Grant>, StoreError>;
+    async fn count_grants_by_state(&self) -> Result<Vec<(GrantState, i64)>, StoreError>;
+    /// Active grants whose deadline is at or before `now`, earliest first.
+    async fn due_grants(&self, now: Timestamp, limit: u32) -> Result<Vec<Grant>, StoreError>;
+    /// The earliest deadline among active grants.
+    async fn next_deadline(&self) -> Result<Option<Timestamp>, StoreError>;
+
+    // ---- outbox ----
+    /// Leases up to `limit` pending jobs of `lane` that are due, never two of the same queue key,
+    /// and never a job while an earlier pending job of its queue key exists.
+    async fn claim_jobs(
+        &self,
+        lane: Lane,
+        worker: &str,
+        now: Timestamp,
+        lease: SignedDuration,
+        limit: u32,
+    ) -> Result<Vec<Job>, StoreError>;
+    /// Marks a job done.
+    async fn complete_job(&self, id: Uuid) -> Result<(), StoreError>;
+    /// Records a failed attempt and the next try (the durable retry schedule).
+    async fn reschedule_job(&self, id: Uuid, attempts: i32, next_at: Timestamp, error: &str) -> Result<(), StoreError>;
+    /// Parks a permanently failing job.
+    async fn dead_letter_job(&self, id: Uuid, attempts: i32, error: &str) -> Result<(), StoreError>;
+    /// Puts a dead job back in the queue (admin action).
+    async fn retry_dead_job(&self, id: Uuid, now: Timestamp) -> Result<bool, StoreError>;
+    /// Jobs in a state (newest first), for the admin API and CLI.
+    async fn list_jobs(&self, state: JobState, limit: u32) -> Result<Vec<Job>, StoreError>;
+    async fn outbox_stats(&self, lane: Lane, now: Timestamp) -> Result<OutboxStats, StoreError>;
+
+    // ---- audit ----
+    /// Appends records outside a grant transition (ignored events, rejected deliveries).
+    async fn append_audit(&self, records: Vec<NewAudit>) -> Result<(), StoreError>;
+    /// Audit records with `seq > after`, in order.
+    async fn audit_records(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
+}
