@@ -142,3 +142,61 @@ pub fn body_hash_key(body: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     format!("sha256:{}", hex::encode(Sha256::digest(body)))
 }
+
+/// `[outbound]` of a connector file: how writebacks and confirmations authenticate.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "auth", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum OutboundConfig {
+    /// HTTP Basic: `username` plus the password / API token from `token_env`.
+    Basic { username: String, token_env: String },
+    /// `Authorization: Bearer <token from token_env>` (e.g. an OAuth access token).
+    Bearer { token_env: String },
+    /// Freshworks style: Basic with the API key as user name and `X` as password.
+    ApiKey { token_env: String },
+}
+
+/// Resolved outbound credentials. Debug output never shows the secret.
+#[derive(Clone)]
+pub enum OutboundAuth {
+    Basic { username: String, password: secrecy::SecretString },
+    Bearer { token: secrecy::SecretString },
+    ApiKey { key: secrecy::SecretString },
+}
+
+impl std::fmt::Debug for OutboundAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutboundAuth::Basic { username, .. } => write!(f, "Basic({username}, [redacted])"),
+            OutboundAuth::Bearer { .. } => f.write_str("Bearer([redacted])"),
+            OutboundAuth::ApiKey { .. } => f.write_str("ApiKey([redacted])"),
+        }
+    }
+}
+
+impl OutboundAuth {
+    /// Resolves the secret named by `cfg`, or explains which variable is missing.
+    pub fn resolve(cfg: &OutboundConfig, secrets: &dyn crate::config::SecretSource) -> Result<Self, String> {
+        let need = |var: &str| {
+            secrets
+                .get(var)
+                .ok_or_else(|| format!("environment variable {var} is not set (it must hold the outbound credential)"))
+        };
+        Ok(match cfg {
+            OutboundConfig::Basic { username, token_env } => {
+                OutboundAuth::Basic { username: username.clone(), password: need(token_env)? }
+            }
+            OutboundConfig::Bearer { token_env } => OutboundAuth::Bearer { token: need(token_env)? },
+            OutboundConfig::ApiKey { token_env } => OutboundAuth::ApiKey { key: need(token_env)? },
+        })
+    }
+
+    /// Adds the `Authorization` header to a request.
+    pub fn apply(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        use secrecy::ExposeSecret;
+        match self {
+            OutboundAuth::Basic { username, password } => rb.basic_auth(username, Some(password.expose_secret())),
+            OutboundAuth::Bearer { token } => rb.bearer_auth(token.expose_secret()),
+            OutboundAuth::ApiKey { key } => rb.basic_auth(key.expose_secret(), Some("X")),
+        }
+    }
+}
