@@ -11,7 +11,10 @@ pub mod audit; // append-only, hash-chained audit records
 pub mod clock; // the one source of "now", injectable for tests
 pub mod config; // files -> validated configuration
 pub mod connectors; // one folder per ITSM: verify, parse, confirm, write back
+pub mod explain; // dry run of a payload through parser, mappings and policy
 pub mod grants; // the grant state machine and the service that drives it
+pub mod http; // JSON error bodies shared by every endpoint
+pub mod inbox; // drains the inbox: parse deliveries, hand events to the grant service
 pub mod ingress; // POST /webhooks/{connector}: authenticate, dedupe, commit to the inbox
 pub mod mapping; // admin mapping files: ticket event -> grant intent
 pub mod outbox; // durable provider and writeback jobs with retry schedules

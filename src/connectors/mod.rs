@@ -200,3 +200,56 @@ impl OutboundAuth {
         }
     }
 }
+
+/// A configured connector with its inbound authentication.
+#[derive(Clone)]
+pub struct Registered {
+    /// The connector itself.
+    pub connector: std::sync::Arc<dyn Connector>,
+    /// How its deliveries are authenticated.
+    pub inbound: std::sync::Arc<crate::ingress::auth::InboundAuth>,
+    /// Whether approvals are confirmed through the API before a grant.
+    pub confirm_approvals: bool,
+}
+
+/// All configured connectors by id.
+#[derive(Clone, Default)]
+pub struct Registry {
+    by_id: std::collections::HashMap<String, Registered>,
+}
+
+impl Registry {
+    /// Builds every connector of the configuration. Building does no I/O.
+    pub fn build(settings: &[crate::config::ConnectorSettings], client: &reqwest::Client) -> Self {
+        let by_id = settings
+            .iter()
+            .map(|s| {
+                let connector: std::sync::Arc<dyn Connector> = match s.kind.as_str() {
+                    // validated in config::load: only known kinds get here
+                    _ => std::sync::Arc::new(jira::JiraConnector::new(
+                        s.id.clone(),
+                        s.base_url.clone(),
+                        s.outbound.clone(),
+                        s.timeout,
+                        client.clone(),
+                    )),
+                };
+                (
+                    s.id.clone(),
+                    Registered { connector, inbound: s.inbound.clone(), confirm_approvals: s.confirm_approvals },
+                )
+            })
+            .collect();
+        Self { by_id }
+    }
+
+    /// The connector with this id.
+    pub fn get(&self, id: &str) -> Option<&Registered> {
+        self.by_id.get(id)
+    }
+
+    /// Every connector, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Registered> {
+        self.by_id.values()
+    }
+}

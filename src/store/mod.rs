@@ -198,6 +198,11 @@ pub trait Store: Send + Sync + 'static {
     /// Is the database reachable? (for `/readyz`)
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Releases every lease on deliveries and jobs. Called at start-up only by a backend that is
+    /// the sole instance (SQLite's exclusive lock guarantees it), so work a crashed run had
+    /// claimed is taken again at once instead of after its lease lapses. Returns rows released.
+    async fn release_stale_leases(&self) -> Result<u64, StoreError>;
+
     // ---- inbox ----
     /// Commits a verified delivery, or reports that (connector, dedupe_key) is already there.
     async fn insert_delivery(&self, d: NewDelivery) -> Result<InsertOutcome, StoreError>;

@@ -1,0 +1,124 @@
+//! Drains the inbox: takes committed deliveries in arrival order, has their connector parse them
+//! into ticket events, and hands each event to the grant service. A delivery whose processing
+//! fails for a passing reason (the ITSM API is down while confirming an approval, the store is
+//! busy) is retried with backoff; one that cannot be parsed is rejected and audited.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::SignedDuration;
+use serde_json::json;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::NewAudit;
+use crate::config::WorkerSettings;
+use crate::connectors::{RawDelivery, Registry};
+use crate::grants::service::GrantService;
+use crate::outbox::{backoff, next_attempt};
+use crate::store::{Delivery, DeliveryOutcome, StoreError};
+
+const LEASE: SignedDuration = SignedDuration::from_secs(120);
+const BATCH: u32 = 64;
+const IDLE_POLL: Duration = Duration::from_millis(500);
+
+/// Processes inbox deliveries one at a time, in order.
+pub struct InboxWorker {
+    service: GrantService,
+    connectors: Registry,
+    settings: WorkerSettings,
+    wake: Arc<Notify>,
+    id: String,
+}
+
+impl InboxWorker {
+    /// A worker feeding `service` from the inbox.
+    pub fn new(service: GrantService, connectors: Registry, settings: WorkerSettings, wake: Arc<Notify>) -> Self {
+        Self { service, connectors, settings, wake, id: format!("inbox-{}", uuid::Uuid::now_v7().simple()) }
+    }
+
+    /// Runs until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            let now = self.service.clock().now();
+            let batch = match self.service.store().claim_deliveries(&self.id, now, LEASE, BATCH).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot claim inbox deliveries; retrying");
+                    Vec::new()
+                }
+            };
+            if batch.is_empty() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                }
+                continue;
+            }
+            for d in batch {
+                if shutdown.is_cancelled() {
+                    return; // the lease lapses and the delivery is taken again after restart
+                }
+                let id = d.id;
+                if let Err(e) = self.process(d).await {
+                    tracing::error!(delivery = %id, error = %e, "delivery outcome could not be recorded; it runs again when its lease lapses");
+                }
+            }
+        }
+    }
+
+    async fn process(&self, d: Delivery) -> Result<(), StoreError> {
+        let store = self.service.store();
+        let Some(reg) = self.connectors.get(&d.connector) else {
+            return self.reject(&d, format!("connector {:?} is no longer configured", d.connector)).await;
+        };
+        let raw = RawDelivery { headers: d.headers.clone(), body: d.body.clone() };
+        let events = match reg.connector.parse(&raw) {
+            Ok(e) => e,
+            Err(e) => return self.reject(&d, e.to_string()).await,
+        };
+        for event in &events {
+            match self.service.handle_event(event).await {
+                Ok(outcomes) => {
+                    tracing::debug!(delivery = %d.id, ticket = %event.ticket.key, ?outcomes, "event handled");
+                }
+                Err(e) if e.is_retryable() => {
+                    let attempts = d.attempts + 1;
+                    let now = self.service.clock().now();
+                    let delay = backoff(attempts, self.settings.retry_initial, self.settings.retry_max, d.id.as_u128());
+                    let retry_after = match &e {
+                        crate::grants::service::ServiceError::Confirm { source, .. } => source.retry_after(),
+                        _ => None,
+                    };
+                    tracing::warn!(delivery = %d.id, ticket = %event.ticket.key, attempts, error = %e, "delivery will be retried");
+                    return store.retry_delivery(d.id, next_attempt(now, delay, retry_after), &e.to_string()).await;
+                }
+                Err(e) => {
+                    tracing::error!(delivery = %d.id, ticket = %event.ticket.key, error = %e, "event could not be applied");
+                    return self.reject(&d, e.to_string()).await;
+                }
+            }
+        }
+        metrics::counter!("jitbridge_deliveries_processed_total", "connector" => d.connector.clone()).increment(1);
+        store.finish_delivery(d.id, DeliveryOutcome::Processed).await
+    }
+
+    async fn reject(&self, d: &Delivery, why: String) -> Result<(), StoreError> {
+        let store = self.service.store();
+        tracing::warn!(delivery = %d.id, connector = %d.connector, %why, "delivery rejected");
+        metrics::counter!("jitbridge_deliveries_rejected_total", "connector" => d.connector.clone()).increment(1);
+        store
+            .append_audit(vec![NewAudit {
+                at: self.service.clock().now(),
+                kind: "delivery.rejected".into(),
+                grant_id: None,
+                connector: Some(d.connector.clone()),
+                ticket_key: None,
+                actor: None,
+                detail: json!({"delivery": d.id, "dedupe_key": d.dedupe_key, "why": why}),
+            }])
+            .await?;
+        store.finish_delivery(d.id, DeliveryOutcome::Rejected(why)).await
+    }
+}

@@ -1,0 +1,183 @@
+//! Runs provider jobs: applies approved grants and revokes ending ones at their elevation
+//! provider. Applies give up after the apply window (the grant fails, and a clean-up revoke is
+//! sent in case the endpoint applied it after all); revokes never give up: after
+//! `revoke_alarm_after` failures the grant turns `revoke_failed` (alarm) and retries continue at
+//! a capped interval until the provider confirms.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{ProviderJob, backoff, next_attempt};
+use crate::config::WorkerSettings;
+use crate::grants::service::GrantService;
+use crate::grants::{Grant, GrantState};
+use crate::providers::{ElevationProvider, ProviderAction, call_for};
+use crate::store::{Job, Lane};
+
+/// How long a claimed provider job is leased (longer than any provider timeout).
+const LEASE: SignedDuration = SignedDuration::from_secs(120);
+/// How many jobs run at once.
+const BATCH: u32 = 32;
+/// Longest idle sleep between polls (new work also wakes the worker at once).
+const IDLE_POLL: Duration = Duration::from_millis(500);
+
+/// The provider-lane worker.
+pub struct ProviderWorker {
+    service: GrantService,
+    providers: BTreeMap<String, Arc<dyn ElevationProvider>>,
+    settings: WorkerSettings,
+    wake: Arc<Notify>,
+    id: String,
+}
+
+impl ProviderWorker {
+    /// A worker that calls `providers` on behalf of `service`.
+    pub fn new(service: GrantService, providers: BTreeMap<String, Arc<dyn ElevationProvider>>, settings: WorkerSettings, wake: Arc<Notify>) -> Self {
+        Self { service, providers, settings, wake, id: format!("provider-{}", uuid::Uuid::now_v7().simple()) }
+    }
+
+    /// Runs until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            let now = self.service.clock().now();
+            let claimed = self.service.store().claim_jobs(Lane::Provider, &self.id, now, LEASE, BATCH).await;
+            let jobs = match claimed {
+                Ok(j) => j,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot claim provider jobs; retrying");
+                    Vec::new()
+                }
+            };
+            if jobs.is_empty() {
+                let wait = self.idle_wait(now).await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                continue;
+            }
+            let full = jobs.len() as u32 == BATCH;
+            futures::future::join_all(jobs.into_iter().map(|j| self.handle(j))).await;
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if !full {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+
+    async fn idle_wait(&self, _now: Timestamp) -> Duration {
+        IDLE_POLL
+    }
+
+    async fn handle(&self, job: Job) {
+        if let Err(e) = self.try_handle(&job).await {
+            tracing::error!(job = %job.id, error = %e, "provider job could not be recorded; it will be retried when its lease lapses");
+        }
+    }
+
+    async fn try_handle(&self, job: &Job) -> Result<(), crate::grants::service::ServiceError> {
+        let store = self.service.store();
+        let payload: ProviderJob = match serde_json::from_value(job.payload.clone()) {
+            Ok(p) => p,
+            Err(e) => {
+                store.dead_letter_job(job.id, job.attempts, &format!("unreadable provider job: {e}")).await?;
+                return Ok(());
+            }
+        };
+        let Some(grant) = store.get_grant(payload.grant_id).await? else {
+            store.dead_letter_job(job.id, job.attempts, "grant not found").await?;
+            return Ok(());
+        };
+        match payload.action {
+            ProviderAction::Apply => self.apply(job, grant).await,
+            ProviderAction::Revoke => self.revoke(job, grant).await,
+        }
+    }
+
+    async fn apply(&self, job: &Job, grant: Grant) -> Result<(), crate::grants::service::ServiceError> {
+        let store = self.service.store();
+        if grant.state != GrantState::Approved {
+            // Ended (or already applied) before this job ran: nothing to apply.
+            store.complete_job(job.id).await?;
+            return Ok(());
+        }
+        let now = self.service.clock().now();
+        let give_up_at = self.service.apply_deadline(&grant);
+        let Some(provider) = self.providers.get(&grant.provider) else {
+            let reason = format!("provider {:?} is not configured", grant.provider);
+            self.service.provider_failed(grant, job.id, reason).await?;
+            return Ok(());
+        };
+        if now >= give_up_at {
+            let reason = job.last_error.clone().map_or_else(
+                || "the grant could not be applied before its deadline".to_owned(),
+                |e| format!("the provider did not apply it in time: {e}"),
+            );
+            self.service.provider_failed(grant, job.id, reason).await?;
+            return Ok(());
+        }
+        let call = call_for(&grant, ProviderAction::Apply);
+        match provider.apply(&call).await {
+            Ok(()) => {
+                metrics::counter!("jitbridge_provider_calls_total", "provider" => grant.provider.clone(), "action" => "apply", "outcome" => "ok").increment(1);
+                self.service.provider_applied(grant, job.id).await?;
+            }
+            Err(e) => {
+                metrics::counter!("jitbridge_provider_calls_total", "provider" => grant.provider.clone(), "action" => "apply", "outcome" => "error").increment(1);
+                let attempts = job.attempts + 1;
+                let now = self.service.clock().now();
+                let delay = backoff(attempts, self.settings.retry_initial, self.settings.retry_max, job.id.as_u128());
+                let next = next_attempt(now, delay, None).min(give_up_at);
+                tracing::warn!(grant = %grant.id, provider = %grant.provider, attempts, error = %e, "apply failed; will retry");
+                store.reschedule_job(job.id, attempts, next, &e.to_string()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn revoke(&self, job: &Job, grant: Grant) -> Result<(), crate::grants::service::ServiceError> {
+        let store = self.service.store();
+        let ending = matches!(grant.state, GrantState::Expiring | GrantState::Revoking | GrantState::RevokeFailed);
+        // A failed apply is cleaned up with a revoke too: the endpoint may have applied it late.
+        if !ending && grant.state != GrantState::Failed {
+            store.complete_job(job.id).await?;
+            return Ok(());
+        }
+        let result = match self.providers.get(&grant.provider) {
+            Some(p) => p.revoke(&call_for(&grant, ProviderAction::Revoke)).await.map_err(|e| e.to_string()),
+            None => Err(format!("provider {:?} is not configured; restore it so the revoke can run", grant.provider)),
+        };
+        match result {
+            Ok(()) => {
+                metrics::counter!("jitbridge_provider_calls_total", "provider" => grant.provider.clone(), "action" => "revoke", "outcome" => "ok").increment(1);
+                if ending {
+                    self.service.revoke_succeeded(grant, job.id).await?;
+                } else {
+                    store.complete_job(job.id).await?;
+                }
+            }
+            Err(error) => {
+                metrics::counter!("jitbridge_provider_calls_total", "provider" => grant.provider.clone(), "action" => "revoke", "outcome" => "error").increment(1);
+                metrics::counter!("jitbridge_revoke_failures_total", "provider" => grant.provider.clone()).increment(1);
+                let attempts = job.attempts + 1;
+                tracing::error!(grant = %grant.id, subject = %grant.subject, target = %grant.target, provider = %grant.provider, attempts, %error,
+                    "REVOKE FAILED: the privilege may still be held; retrying");
+                let now = self.service.clock().now();
+                let delay = backoff(attempts, self.settings.retry_initial, self.settings.revoke_retry_max, job.id.as_u128());
+                if ending && grant.state != GrantState::RevokeFailed && attempts >= self.settings.revoke_alarm_after as i32 {
+                    self.service.revoke_exhausted(grant, attempts, &error).await?;
+                }
+                store.reschedule_job(job.id, attempts, next_attempt(now, delay, None), &error).await?;
+            }
+        }
+        Ok(())
+    }
+}
