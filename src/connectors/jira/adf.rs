@@ -86,7 +86,10 @@ mod tests {
         let doc = document("\n\nfirst\n\n \n\nsecond\nmore\n\n");
         let paragraphs = doc["content"].as_array().cloned().unwrap_or_default();
         assert_eq!(paragraphs.len(), 2);
-        assert_eq!(paragraphs[0]["content"], json!([{"type": "text", "text": "first"}]));
+        assert_eq!(
+            paragraphs[0]["content"],
+            json!([{"type": "text", "text": "first"}])
+        );
         assert_eq!(
             paragraphs[1]["content"],
             json!([{"type": "text", "text": "second"}, {"type": "hardBreak"}, {"type": "text", "text": "more"}])
@@ -104,7 +107,10 @@ mod tests {
     #[test]
     fn markup_like_text_stays_literal_text() {
         let doc = document("*bold* [link|https://evil.example] {code}");
-        assert_eq!(doc["content"][0]["content"][0]["text"], "*bold* [link|https://evil.example] {code}");
+        assert_eq!(
+            doc["content"][0]["content"][0]["text"],
+            "*bold* [link|https://evil.example] {code}"
+        );
     }
 
     /// Collects the text of `doc`, checking the structural ADF rules on the way.

@@ -18,8 +18,8 @@ use async_trait::async_trait;
 use reqwest::Url;
 
 use crate::connectors::{
-    Confirmation, Connector, ConnectorError, InboundDefaults, OutboundAuth, ParseError, RawDelivery, Writeback,
-    WritebackAction, body_hash_key,
+    Confirmation, Connector, ConnectorError, InboundDefaults, OutboundAuth, ParseError,
+    RawDelivery, Writeback, WritebackAction, body_hash_key,
 };
 use crate::signatures::Encoding;
 use crate::ticket::{TicketEvent, TicketRef};
@@ -27,8 +27,11 @@ use crate::ticket::{TicketEvent, TicketRef};
 /// Jira's inbound signature defaults: `X-Hub-Signature: sha256=<hex>`, an HMAC-SHA256 of the raw
 /// body. Exists so a connector file with `auth = "hmac-sha256"` needs no further settings for Jira
 /// (note: not GitHub's `X-Hub-Signature-256`).
-pub const INBOUND_DEFAULTS: InboundDefaults =
-    InboundDefaults { header: "X-Hub-Signature", prefix: "sha256=", encoding: Encoding::Hex };
+pub const INBOUND_DEFAULTS: InboundDefaults = InboundDefaults {
+    header: "X-Hub-Signature",
+    prefix: "sha256=",
+    encoding: Encoding::Hex,
+};
 
 /// The header Jira sets to a delivery id that is "unique within the site and unchanged across
 /// retries": the natural dedupe key.
@@ -55,7 +58,13 @@ impl JiraConnector {
     ///
     /// Any user name, password, query or fragment in `base_url` is dropped: credentials come only
     /// from `auth`, so they can never leak through a URL in a log line or error.
-    pub fn new(id: String, base_url: Url, auth: OutboundAuth, timeout: Duration, client: reqwest::Client) -> Self {
+    pub fn new(
+        id: String,
+        base_url: Url,
+        auth: OutboundAuth,
+        timeout: Duration,
+        client: reqwest::Client,
+    ) -> Self {
         let mut base_url = base_url;
         // Both only fail for URLs that cannot carry credentials at all (no host), which is fine.
         let _ = base_url.set_username("");
@@ -63,7 +72,11 @@ impl JiraConnector {
         base_url.set_query(None);
         base_url.set_fragment(None);
         let client = client::JiraClient::new(base_url.clone(), auth, timeout, client);
-        Self { id, base_url, client }
+        Self {
+            id,
+            base_url,
+            client,
+        }
     }
 }
 
@@ -95,7 +108,9 @@ impl Connector for JiraConnector {
     fn dedupe_key(&self, delivery: &RawDelivery) -> String {
         match delivery.header(WEBHOOK_ID_HEADER).map(str::trim) {
             Some(id)
-                if !id.is_empty() && id.len() <= MAX_WEBHOOK_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic()) =>
+                if !id.is_empty()
+                    && id.len() <= MAX_WEBHOOK_ID_LEN
+                    && id.bytes().all(|b| b.is_ascii_graphic()) =>
             {
                 format!("jira-webhook:{id}")
             }

@@ -18,11 +18,25 @@ const MAX_IDENT_LEN: usize = 255;
 
 /// Parses one verified delivery body. `base_url` is the connector's configured site, used for the
 /// ticket link (never the payload's `self`, which a sender controls).
-pub(crate) fn parse_body(connector: &str, base_url: &reqwest::Url, body: &[u8]) -> Result<Vec<TicketEvent>, ParseError> {
-    let err = |reason: String| ParseError { connector: connector.to_owned(), reason };
-    let payload: Value =
-        serde_json::from_slice(body).map_err(|e| err(format!("body is not JSON (line {}, column {})", e.line(), e.column())))?;
-    let top = payload.as_object().ok_or_else(|| err("body is not a JSON object".to_owned()))?;
+pub(crate) fn parse_body(
+    connector: &str,
+    base_url: &reqwest::Url,
+    body: &[u8],
+) -> Result<Vec<TicketEvent>, ParseError> {
+    let err = |reason: String| ParseError {
+        connector: connector.to_owned(),
+        reason,
+    };
+    let payload: Value = serde_json::from_slice(body).map_err(|e| {
+        err(format!(
+            "body is not JSON (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let top = payload
+        .as_object()
+        .ok_or_else(|| err("body is not a JSON object".to_owned()))?;
     let event = match top.get("webhookEvent") {
         Some(Value::String(s)) => s.as_str(),
         Some(_) => return Err(err("field `webhookEvent` is not a string".to_owned())),
@@ -61,7 +75,9 @@ pub(crate) fn parse_body(connector: &str, base_url: &reqwest::Url, body: &[u8]) 
         kind: fields.and_then(|f| name_of(f.get("issuetype"))),
         status: fields.and_then(|f| name_of(f.get("status"))),
         summary: fields.and_then(|f| text(f.get("summary"))),
-        project: fields.and_then(|f| object(f.get("project"))).and_then(|p| text(p.get("key"))),
+        project: fields
+            .and_then(|f| object(f.get("project")))
+            .and_then(|p| text(p.get("key"))),
     };
     let occurred_at = top
         .get("timestamp")
@@ -88,38 +104,57 @@ pub(crate) fn parse_body(connector: &str, base_url: &reqwest::Url, body: &[u8]) 
 pub(crate) fn is_safe_ident(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_IDENT_LEN
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// `{base_url}/browse/{key}`: the link a person opens.
 fn browse_url(base_url: &reqwest::Url, key: &str) -> Option<String> {
-    super::endpoint(base_url, &["browse", key]).ok().map(String::from)
+    super::endpoint(base_url, &["browse", key])
+        .ok()
+        .map(String::from)
 }
 
 /// The status change carried by the changelog: the last item whose `field` is `status` (a
 /// custom field that an admin happened to name "status" does not count).
-fn status_change(top: &Map<String, Value>, fields: Option<&Map<String, Value>>) -> Option<StatusChange> {
+fn status_change(
+    top: &Map<String, Value>,
+    fields: Option<&Map<String, Value>>,
+) -> Option<StatusChange> {
     let items = object(top.get("changelog"))?.get("items")?.as_array()?;
-    let item = items.iter().filter_map(Value::as_object).rev().find(|item| {
-        item.get("field").and_then(Value::as_str) == Some("status")
-            && item.get("fieldtype").and_then(Value::as_str) != Some("custom")
-    })?;
-    let to = text(item.get("toString")).or_else(|| fields.and_then(|f| name_of(f.get("status"))))?;
-    Some(StatusChange { from: text(item.get("fromString")), to })
+    let item = items
+        .iter()
+        .filter_map(Value::as_object)
+        .rev()
+        .find(|item| {
+            item.get("field").and_then(Value::as_str) == Some("status")
+                && item.get("fieldtype").and_then(Value::as_str) != Some("custom")
+        })?;
+    let to =
+        text(item.get("toString")).or_else(|| fields.and_then(|f| name_of(f.get("status"))))?;
+    Some(StatusChange {
+        from: text(item.get("fromString")),
+        to,
+    })
 }
 
 /// The JSM approvals found in the issue's fields, located by shape (an array of objects with
 /// `finalDecision` and `approvers`) because the custom field id differs from site to site.
 fn approval_in_fields(fields: &Map<String, Value>) -> Option<Approval> {
-    fields.values().filter_map(Value::as_array).find(|a| is_approval_list(a)).and_then(|a| derive_approval(a))
+    fields
+        .values()
+        .filter_map(Value::as_array)
+        .find(|a| is_approval_list(a))
+        .and_then(|a| derive_approval(a))
 }
 
 /// True for a non-empty array of JSM `ApprovalDTO`-shaped objects.
 fn is_approval_list(values: &[Value]) -> bool {
     !values.is_empty()
-        && values
-            .iter()
-            .all(|v| v.as_object().is_some_and(|o| o.contains_key("finalDecision") && o.contains_key("approvers")))
+        && values.iter().all(|v| {
+            v.as_object()
+                .is_some_and(|o| o.contains_key("finalDecision") && o.contains_key("approvers"))
+        })
 }
 
 /// A JSM approval's final decision. Anything unrecognized counts as still pending, so that an
@@ -132,7 +167,11 @@ enum Decision {
 }
 
 fn decision(v: Option<&Value>) -> Decision {
-    match v.and_then(Value::as_str).map(str::to_ascii_lowercase).as_deref() {
+    match v
+        .and_then(Value::as_str)
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         Some("approved") => Decision::Approved,
         Some("declined") => Decision::Declined,
         _ => Decision::Pending,
@@ -149,13 +188,24 @@ pub(crate) fn derive_approval(records: &[Value]) -> Option<Approval> {
     if records.is_empty() {
         return None;
     }
-    if records.iter().any(|r| decision(r.get("finalDecision")) == Decision::Pending) {
-        return Some(Approval { state: "pending".to_owned(), approvers: Vec::new(), decided_at: None });
-    }
-    let (_, deciding) = records
+    if records
         .iter()
-        .enumerate()
-        .max_by_key(|(i, r)| (r.get("completedDate").and_then(date).or_else(|| r.get("createdDate").and_then(date)), *i))?;
+        .any(|r| decision(r.get("finalDecision")) == Decision::Pending)
+    {
+        return Some(Approval {
+            state: "pending".to_owned(),
+            approvers: Vec::new(),
+            decided_at: None,
+        });
+    }
+    let (_, deciding) = records.iter().enumerate().max_by_key(|(i, r)| {
+        (
+            r.get("completedDate")
+                .and_then(date)
+                .or_else(|| r.get("createdDate").and_then(date)),
+            *i,
+        )
+    })?;
     let outcome = decision(deciding.get("finalDecision"));
     let (state, wanted) = match outcome {
         Decision::Approved => ("approved", "approved"),
@@ -166,7 +216,11 @@ pub(crate) fn derive_approval(records: &[Value]) -> Option<Approval> {
         .and_then(Value::as_array)
         .map(|list| {
             list.iter()
-                .filter(|a| a.get("approverDecision").and_then(Value::as_str).is_some_and(|d| d.eq_ignore_ascii_case(wanted)))
+                .filter(|a| {
+                    a.get("approverDecision")
+                        .and_then(Value::as_str)
+                        .is_some_and(|d| d.eq_ignore_ascii_case(wanted))
+                })
                 .filter_map(|a| person(a.get("approver")))
                 .collect()
         })
@@ -201,7 +255,9 @@ pub(crate) fn object(v: Option<&Value>) -> Option<&Map<String, Value>> {
 
 /// A non-empty string value.
 pub(crate) fn text(v: Option<&Value>) -> Option<String> {
-    v.and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned)
+    v.and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
 }
 
 /// An identifier sent as a string or, tolerated, as a number.
@@ -216,7 +272,11 @@ pub(crate) fn ident(v: Option<&Value>) -> Option<String> {
 /// Epoch milliseconds as a number (or a string of digits).
 fn epoch_millis(v: &Value) -> Option<Timestamp> {
     let ms = match v {
-        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().filter(|f| f.is_finite() && f.abs() < 1e17).map(|f| f as i64))?,
+        Value::Number(n) => n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite() && f.abs() < 1e17)
+                .map(|f| f as i64)
+        })?,
         Value::String(s) => s.trim().parse::<i64>().ok()?,
         _ => return None,
     };
@@ -227,9 +287,16 @@ fn epoch_millis(v: &Value) -> Option<Timestamp> {
 /// JSM date object (`{epochMillis, iso8601, ...}`).
 pub(crate) fn date(v: &Value) -> Option<Timestamp> {
     match v {
-        Value::String(s) => s.trim().parse::<Timestamp>().ok().or_else(|| epoch_millis(v)),
+        Value::String(s) => s
+            .trim()
+            .parse::<Timestamp>()
+            .ok()
+            .or_else(|| epoch_millis(v)),
         Value::Number(_) => epoch_millis(v),
-        Value::Object(o) => o.get("epochMillis").and_then(epoch_millis).or_else(|| o.get("iso8601").and_then(date)),
+        Value::Object(o) => o
+            .get("epochMillis")
+            .and_then(epoch_millis)
+            .or_else(|| o.get("iso8601").and_then(date)),
         _ => None,
     }
 }
@@ -296,12 +363,21 @@ mod tests {
         assert_eq!(e.kind, EventKind::Updated);
         assert_eq!(
             e.status_change,
-            Some(StatusChange { from: Some("Waiting for approval".into()), to: "Approved".into() })
+            Some(StatusChange {
+                from: Some("Waiting for approval".into()),
+                to: "Approved".into()
+            })
         );
         assert_eq!(e.ticket.id, "10234");
         assert_eq!(e.ticket.key, "ACCESS-87");
-        assert_eq!(e.ticket.url.as_deref(), Some("https://example.atlassian.net/browse/ACCESS-87"));
-        assert_eq!(e.ticket.kind.as_deref(), Some("Service Request with Approvals"));
+        assert_eq!(
+            e.ticket.url.as_deref(),
+            Some("https://example.atlassian.net/browse/ACCESS-87")
+        );
+        assert_eq!(
+            e.ticket.kind.as_deref(),
+            Some("Service Request with Approvals")
+        );
         assert_eq!(e.ticket.status.as_deref(), Some("Approved"));
         assert_eq!(e.ticket.summary.as_deref(), Some("Local admin on WS-0042"));
         assert_eq!(e.ticket.project.as_deref(), Some("ACCESS"));
@@ -309,24 +385,45 @@ mod tests {
         assert_eq!(requester.id.as_deref(), Some("712020:requester"));
         assert_eq!(requester.email.as_deref(), Some("req@example.com"));
         assert_eq!(requester.name.as_deref(), Some("Requester"));
-        assert_eq!(e.actor.and_then(|a| a.id).as_deref(), Some("5b10ac8d82e05b22cc7d4ef5"));
-        assert_eq!(e.occurred_at, Timestamp::from_millisecond(1741941697640).expect("ts"));
+        assert_eq!(
+            e.actor.and_then(|a| a.id).as_deref(),
+            Some("5b10ac8d82e05b22cc7d4ef5")
+        );
+        assert_eq!(
+            e.occurred_at,
+            Timestamp::from_millisecond(1741941697640).expect("ts")
+        );
         assert_eq!(e.fields["customfield_10050"], "justification text");
         assert_eq!(e.fields["customfield_10053"], Value::Null);
         assert_eq!(e.payload["issue_event_type_name"], "issue_generic");
 
         let approval = e.approval.expect("approval found by shape");
         assert_eq!(approval.state, "approved");
-        assert_eq!(approval.approvers.len(), 1, "only the approver who approved is listed");
+        assert_eq!(
+            approval.approvers.len(),
+            1,
+            "only the approver who approved is listed"
+        );
         assert_eq!(approval.approvers[0].id.as_deref(), Some("acc-approver"));
-        assert_eq!(approval.decided_at, Timestamp::from_millisecond(1741941697000).ok());
+        assert_eq!(
+            approval.decided_at,
+            Timestamp::from_millisecond(1741941697000).ok()
+        );
     }
 
     #[test]
     fn ticket_url_comes_from_configured_base_never_from_payload_self() {
         let base = reqwest::Url::parse("http://127.0.0.1:4010/").expect("url");
-        let events = parse_body(CONNECTOR, &base, &serde_json::to_vec(&approval_update()).expect("json")).expect("parses");
-        assert_eq!(events[0].ticket.url.as_deref(), Some("http://127.0.0.1:4010/browse/ACCESS-87"));
+        let events = parse_body(
+            CONNECTOR,
+            &base,
+            &serde_json::to_vec(&approval_update()).expect("json"),
+        )
+        .expect("parses");
+        assert_eq!(
+            events[0].ticket.url.as_deref(),
+            Some("http://127.0.0.1:4010/browse/ACCESS-87")
+        );
     }
 
     #[test]
@@ -354,7 +451,10 @@ mod tests {
         body["issue"]["fields"]["customfield_10099"] = approvals_field("declined", "declined");
         let approval = one(&body).approval.expect("approval");
         assert_eq!(approval.state, "rejected");
-        assert_eq!(approval.approvers[0].email.as_deref(), Some("boss@example.com"));
+        assert_eq!(
+            approval.approvers[0].email.as_deref(),
+            Some("boss@example.com")
+        );
     }
 
     #[test]
@@ -369,7 +469,8 @@ mod tests {
     #[test]
     fn unknown_final_decision_never_reads_as_approved() {
         let mut body = approval_update();
-        body["issue"]["fields"]["customfield_10099"] = approvals_field("APPROVED_BY_ATTACKER", "approved");
+        body["issue"]["fields"]["customfield_10099"] =
+            approvals_field("APPROVED_BY_ATTACKER", "approved");
         assert_eq!(one(&body).approval.expect("approval").state, "pending");
     }
 
@@ -411,7 +512,8 @@ mod tests {
     #[test]
     fn field_edit_without_status_change_is_updated() {
         let mut body = approval_update();
-        body["changelog"]["items"] = json!([{"field": "summary", "fieldtype": "jira", "fromString": "a", "toString": "b"}]);
+        body["changelog"]["items"] =
+            json!([{"field": "summary", "fieldtype": "jira", "fromString": "a", "toString": "b"}]);
         let e = one(&body);
         assert_eq!(e.kind, EventKind::Updated);
         assert_eq!(e.status_change, None);
@@ -427,7 +529,10 @@ mod tests {
         assert_eq!(e.kind, EventKind::Updated);
         assert_eq!(e.actor, None);
         assert_eq!(e.requester, None);
-        assert_eq!(e.occurred_at, "2025-03-14T10:01:37.640Z".parse::<Timestamp>().expect("ts"));
+        assert_eq!(
+            e.occurred_at,
+            "2025-03-14T10:01:37.640Z".parse::<Timestamp>().expect("ts")
+        );
     }
 
     #[test]
@@ -493,7 +598,12 @@ mod tests {
         for (body, expected) in cases {
             let e = parse_body(CONNECTOR, &base(), body).expect_err("must fail");
             assert_eq!(e.connector, "jira");
-            assert!(e.reason.contains(expected), "{:?}: {}", String::from_utf8_lossy(body), e.reason);
+            assert!(
+                e.reason.contains(expected),
+                "{:?}: {}",
+                String::from_utf8_lossy(body),
+                e.reason
+            );
         }
     }
 
@@ -504,12 +614,18 @@ mod tests {
         let newer_approved = json!({"finalDecision": "approved",
             "approvers": [{"approver": {"accountId": "b"}, "approverDecision": "approved"}],
             "completedDate": {"iso8601": "2025-01-01T00:00:00+0000"}});
-        let a = derive_approval(&[newer_approved.clone(), older_declined.clone()]).expect("approval");
+        let a =
+            derive_approval(&[newer_approved.clone(), older_declined.clone()]).expect("approval");
         assert_eq!(a.state, "approved");
         assert_eq!(a.approvers[0].id.as_deref(), Some("b"));
         let mut newer_declined = older_declined;
         newer_declined["completedDate"] = json!({"epochMillis": 1_800_000_000_000_i64});
-        assert_eq!(derive_approval(&[newer_approved, newer_declined]).expect("approval").state, "rejected");
+        assert_eq!(
+            derive_approval(&[newer_approved, newer_declined])
+                .expect("approval")
+                .state,
+            "rejected"
+        );
         assert_eq!(derive_approval(&[]), None);
     }
 
@@ -517,9 +633,15 @@ mod tests {
     fn timestamp_as_string_or_float_is_tolerated() {
         let mut body = approval_update();
         body["timestamp"] = json!("1741941697640");
-        assert_eq!(one(&body).occurred_at, Timestamp::from_millisecond(1741941697640).expect("ts"));
+        assert_eq!(
+            one(&body).occurred_at,
+            Timestamp::from_millisecond(1741941697640).expect("ts")
+        );
         body["timestamp"] = json!(1741941697640.0);
-        assert_eq!(one(&body).occurred_at, Timestamp::from_millisecond(1741941697640).expect("ts"));
+        assert_eq!(
+            one(&body).occurred_at,
+            Timestamp::from_millisecond(1741941697640).expect("ts")
+        );
         body["timestamp"] = json!(1e300);
         body["issue"]["fields"]["updated"] = json!("garbage");
         assert_eq!(one(&body).occurred_at, Timestamp::UNIX_EPOCH);
@@ -560,7 +682,8 @@ mod tests {
             ];
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-                prop::collection::btree_map(keys, inner, 0..6).prop_map(|m| Value::Object(m.into_iter().collect())),
+                prop::collection::btree_map(keys, inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
     }
