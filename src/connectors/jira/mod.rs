@@ -1,8 +1,8 @@
 //! Jira Cloud / Jira Service Management connector.
 //!
 //! Owns both directions of Jira's wire format (`itsm-wire-formats.md`, section 1): it turns admin
-//! webhook deliveries into [`TicketEvent`]s ([`parse`]), confirms approvals through the REST API
-//! because a webhook is only a trigger ([`client`]), and writes status back as ADF comments and
+//! webhook deliveries into [`TicketEvent`]s (`parse`), confirms approvals through the REST API
+//! because a webhook is only a trigger (`client`), and writes status back as ADF comments and
 //! workflow transitions ([`adf`]). Inbound signatures are checked by the generic ingress; this
 //! module only supplies Jira's defaults in [`INBOUND_DEFAULTS`].
 
