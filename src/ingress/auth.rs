@@ -1328,7 +1328,7 @@ mod tests {
 
     #[test]
     fn too_many_rotation_secrets_are_a_problem() {
-        let many = vec!["s"; MAX_SECRETS + 1].join(",");
+        let many = ["s"; MAX_SECRETS + 1].join(",");
         let problems =
             resolve("auth = \"bearer\"\nsecret_env = \"T\"", &[("T", &many)]).unwrap_err();
         assert_eq!(problems[0].key, "inbound.secret_env");
@@ -1453,20 +1453,27 @@ mod tests {
         assert_eq!(names, ["webhook-id", "webhook-timestamp"]);
     }
 
+    /// One scheme under test: its `[inbound]` table, its environment, its credential header.
+    type Case = (
+        &'static str,
+        &'static [(&'static str, &'static str)],
+        &'static str,
+    );
+    const WHSEC_ENV: &[(&str, &str)] = &[("S", WHSEC)];
+    const PLAIN_ENV: &[(&str, &str)] = &[("S", "s3cret-value")];
+
     proptest! {
         #[test]
         fn arbitrary_credential_headers_never_panic_or_pass(
             value in "[ -~]{0,200}",
             body in proptest::collection::vec(any::<u8>(), 0..64),
         ) {
-            let whsec_env = [("S", WHSEC)];
-            let plain_env = [("S", "s3cret-value")];
-            let schemes: [(&str, &[(&str, &str)], &str); 5] = [
-                ("auth = \"hmac-sha256\"\nsecret_env = \"S\"", &plain_env, "x-hub-signature"),
-                ("auth = \"standard-webhooks\"\nsecret_env = \"S\"", &whsec_env, "webhook-signature"),
-                ("auth = \"bearer\"\nsecret_env = \"S\"", &plain_env, "authorization"),
-                ("auth = \"basic\"\nsecret_env = \"S\"\nusername = \"u\"", &plain_env, "authorization"),
-                ("auth = \"header\"\nsecret_env = \"S\"\nheader = \"X-Key\"", &plain_env, "x-key"),
+            let schemes: [Case; 5] = [
+                ("auth = \"hmac-sha256\"\nsecret_env = \"S\"", PLAIN_ENV, "x-hub-signature"),
+                ("auth = \"standard-webhooks\"\nsecret_env = \"S\"", WHSEC_ENV, "webhook-signature"),
+                ("auth = \"bearer\"\nsecret_env = \"S\"", PLAIN_ENV, "authorization"),
+                ("auth = \"basic\"\nsecret_env = \"S\"\nusername = \"u\"", PLAIN_ENV, "authorization"),
+                ("auth = \"header\"\nsecret_env = \"S\"\nheader = \"X-Key\"", PLAIN_ENV, "x-key"),
             ];
             for (toml_text, env, header) in schemes {
                 let auth = resolve(toml_text, env).unwrap();

@@ -415,7 +415,7 @@ mod tests {
                 .to_owned()
         };
         let verified = standard_webhooks::verify(
-            &[rx.secret.clone()],
+            std::slice::from_ref(&rx.secret),
             &h("webhook-id"),
             &h("webhook-timestamp"),
             &h("webhook-signature"),
