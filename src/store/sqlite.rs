@@ -505,7 +505,7 @@ impl Store for SqliteStore {
             .map(rows::delivery)
             .collect::<Result<Vec<_>, _>>()?;
         tx.commit().await.map_err(db_error)?;
-        claimed.sort_by(|a, b| (a.received_at, a.id).cmp(&(b.received_at, b.id)));
+        claimed.sort_by_key(|d| (d.received_at, d.id));
         Ok(claimed)
     }
 
