@@ -10,7 +10,7 @@ use cel::objects::{Key, Map};
 use cel::{Context, Program, Value};
 
 /// The variables a `when` expression may use, in the order they are bound.
-pub(super) const VARIABLES: [&str; 7] = [
+pub(crate) const VARIABLES: [&str; 7] = [
     "ticket",
     "requester",
     "actor",
@@ -25,7 +25,7 @@ pub(super) const VARIABLES: [&str; 7] = [
 const MAX_DEPTH: usize = 64;
 
 /// A compiled `when` expression.
-pub(super) struct Condition {
+pub(crate) struct Condition {
     program: Program,
     source: String,
 }
@@ -38,7 +38,7 @@ impl std::fmt::Debug for Condition {
 
 /// Why a condition did not produce a boolean.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum ConditionFailure {
+pub(crate) enum ConditionFailure {
     /// CEL raised an error (a missing field, a type mismatch, ...).
     Runtime(String),
     /// The expression produced something other than a boolean; carries its CEL type.
@@ -47,7 +47,7 @@ pub(super) enum ConditionFailure {
 
 impl Condition {
     /// Compiles `source`; the error text is CEL's own, one line per syntax error.
-    pub(super) fn compile(source: &str) -> Result<Condition, String> {
+    pub(crate) fn compile(source: &str) -> Result<Condition, String> {
         if source.trim().is_empty() {
             return Err(
                 "the expression is empty; write e.g. 'ticket.type == \"Elevation Request\"'"
@@ -61,9 +61,14 @@ impl Condition {
         })
     }
 
+    /// The expression as written, for explanations.
+    pub(crate) fn source(&self) -> &str {
+        &self.source
+    }
+
     /// Evaluates the condition with the variables of `vars`, binding only the names the
     /// expression refers to (so an unused raw payload is never converted).
-    pub(super) fn evaluate(&self, vars: &CelVariables<'_>) -> Result<bool, ConditionFailure> {
+    pub(crate) fn evaluate(&self, vars: &CelVariables<'_>) -> Result<bool, ConditionFailure> {
         let references = self.program.references();
         let mut context = Context::default();
         for name in VARIABLES {
@@ -96,14 +101,14 @@ fn one_line(message: &str) -> String {
 
 /// The CEL values of one event's template context, converted on first use and shared by every
 /// mapping evaluated against that event.
-pub(super) struct CelVariables<'a> {
+pub(crate) struct CelVariables<'a> {
     context: &'a serde_json::Value,
     cache: HashMap<&'static str, OnceCell<Value>>,
 }
 
 impl<'a> CelVariables<'a> {
     /// Wraps a template context (see [`super::template_context`]).
-    pub(super) fn new(context: &'a serde_json::Value) -> Self {
+    pub(crate) fn new(context: &'a serde_json::Value) -> Self {
         Self {
             context,
             cache: VARIABLES.iter().map(|n| (*n, OnceCell::new())).collect(),
@@ -126,7 +131,7 @@ impl<'a> CelVariables<'a> {
 
 /// Converts JSON to CEL: integers that fit `i64` become `int` (so `x == 5` compares as written),
 /// larger ones `uint`, the rest `double`; `null` stays `null`.
-pub(super) fn json_to_cel(value: &serde_json::Value, depth: usize) -> Value {
+pub(crate) fn json_to_cel(value: &serde_json::Value, depth: usize) -> Value {
     use serde_json::Value as J;
     if depth >= MAX_DEPTH {
         return Value::Null;

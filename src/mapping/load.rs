@@ -20,7 +20,7 @@ use super::{
 };
 use crate::config::{Problem, line_of, parse_duration};
 use crate::grants::GrantState;
-use crate::policy::{DURATION_CEILING, Policy};
+use crate::policy::{DURATION_CEILING, Policy, PolicyError};
 
 /// Loads every file; `Ok` only when no file has any problem.
 pub(super) fn load(
@@ -238,14 +238,15 @@ fn build(site: &mut Site<'_>, raw: RawMapping, known: &Known) -> Option<Mapping>
         Some(config) => match Policy::compile(config.get_ref()) {
             Ok(p) => Some(p),
             Err(e) => {
-                site.report(
-                    &format!("policy.{}[{}]", e.list, e.index),
-                    Some(config.span()),
-                    format!(
-                        "{:?} is not a valid glob ({}); write e.g. \"WS-*\"",
-                        e.pattern, e.why
-                    ),
-                );
+                let why = match &e {
+                    PolicyError::Glob { pattern, why, .. } => {
+                        format!("{pattern:?} is not a valid glob ({why}); write e.g. \"WS-*\"")
+                    }
+                    PolicyError::Condition { why } => {
+                        format!("the CEL expression does not compile: {why}")
+                    }
+                };
+                site.report(&format!("policy.{}", e.key()), Some(config.span()), why);
                 None
             }
         },

@@ -8,7 +8,7 @@
 //! error. At runtime a bad ticket gives a [`MappingError`] naming the field, never a panic and
 //! never a grant built from an empty or missing value.
 
-mod condition;
+pub(crate) mod condition;
 mod context;
 mod load;
 mod raw;
@@ -21,7 +21,7 @@ use jiff::SignedDuration;
 use serde::Serialize;
 
 use crate::grants::GrantState;
-use crate::policy::Policy;
+use crate::policy::{Policy, PolicyInput, Verdict};
 use crate::ticket::{EventKind, TicketEvent};
 
 pub use context::{stored_context, template_context, writeback_context};
@@ -335,6 +335,12 @@ impl Mapping {
     /// True when the approve rule lists at least one status.
     pub fn approves_by_status(&self) -> bool {
         !self.on.approve.statuses.is_empty()
+    }
+
+    /// Runs this mapping's policy for an approval of `event`, including its `condition`, which
+    /// sees the same names as `when`. This is the call the engine makes before any grant.
+    pub fn check_policy(&self, event: &TicketEvent, input: &PolicyInput<'_>) -> Verdict {
+        crate::policy::check_in_context(&self.policy, input, Some(&template_context(event)))
     }
 
     /// Renders the grant for this event. Subject, target and scope must be non-empty after

@@ -898,3 +898,42 @@ proptest! {
         let _ = env.add_template_owned("t".to_owned(), source);
     }
 }
+
+#[test]
+fn policy_condition_sees_the_ticket_through_check_policy() {
+    let text = one_mapping(
+        "targets = [\"WS-*\", \"LT-*\"]",
+        "targets = [\"WS-*\", \"LT-*\"]\ncondition = 'ticket.project == \"ACCESS\" && approval.state == \"approved\"'",
+    );
+    let set = load(&[("m.toml", &text)]).unwrap();
+    let m = set.get("helpdesk-local-admin").unwrap();
+    let mut event = jira_event();
+    let grant = m.render_grant(&event).unwrap();
+    let approvers = event.approval.as_ref().unwrap().approvers.clone();
+    let requester = event.requester.clone();
+    let input = crate::policy::PolicyInput {
+        requester: requester.as_ref(),
+        approvers: &approvers,
+        subject: &grant.subject,
+        target: &grant.target,
+        duration: grant.duration,
+    };
+    assert!(m.check_policy(&event, &input).allowed());
+    event.ticket.project = Some("OTHER".into());
+    let verdict = m.check_policy(&event, &input);
+    assert_eq!(
+        verdict.refusal().unwrap(),
+        "the policy condition ticket.project == \"ACCESS\" && approval.state == \"approved\" is not met by this ticket"
+    );
+
+    let bad = one_mapping(
+        "targets = [\"WS-*\", \"LT-*\"]",
+        "targets = [\"WS-*\"]\ncondition = 'fields.('",
+    );
+    let p = problems(&bad);
+    let p = only(&p);
+    assert_eq!(
+        (p.key.as_str(), p.line),
+        ("mapping[0].policy.condition", Some(19))
+    );
+}

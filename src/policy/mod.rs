@@ -4,12 +4,18 @@
 //! the engine calls [`check`] and writes a refusal's [`Verdict::refusal`] back to the ticket.
 //!
 //! The rules come from a mapping's `[mapping.policy]` table ([`PolicyConfig`]), compiled once at
-//! load into a [`Policy`] so that a bad glob is a configuration problem, never a runtime surprise.
+//! load into a [`Policy`] so that a bad glob or condition is a configuration problem, never a
+//! runtime surprise. A policy `condition` (CEL) needs the ticket's names: [`check_in_context`]
+//! (or [`crate::mapping::Mapping::check_policy`]) evaluates it; [`check`] without a context
+//! fails such a policy rather than skip a rule.
+
+use std::sync::Arc;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use jiff::SignedDuration;
 use serde::Deserialize;
 
+use crate::mapping::condition::{CelVariables, Condition, ConditionFailure};
 use crate::ticket::Person;
 
 /// The longest grant any mapping may ever produce. Mapping files are checked against it at load
@@ -33,6 +39,10 @@ pub struct PolicyConfig {
     /// Globs on the rendered grant target (case-insensitive, as host names are), e.g. `"WS-*"`.
     #[serde(default)]
     pub targets: Vec<String>,
+    /// A CEL expression over the ticket's names (as in `when`) that must be true for a grant,
+    /// e.g. `'fields.customfield_10080 == "Yes"'`. An error or a non-boolean result refuses.
+    #[serde(default)]
+    pub condition: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -45,22 +55,42 @@ impl Default for PolicyConfig {
             distinct_approver: true,
             requesters: Vec::new(),
             targets: Vec::new(),
+            condition: None,
         }
     }
 }
 
-/// A glob in a policy list that cannot be compiled.
+/// A policy table that cannot be compiled; names the key so loading can report a precise problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{list}[{index}]: {pattern:?} is not a valid glob ({why})")]
-pub struct PolicyError {
-    /// Which list: `requesters` or `targets`.
-    pub list: &'static str,
-    /// Position of the glob in that list, for the configuration key.
-    pub index: usize,
-    /// The glob as written.
-    pub pattern: String,
-    /// What the glob compiler said.
-    pub why: String,
+pub enum PolicyError {
+    /// A glob in `requesters` or `targets` is malformed.
+    #[error("{list}[{index}]: {pattern:?} is not a valid glob ({why})")]
+    Glob {
+        /// Which list: `requesters` or `targets`.
+        list: &'static str,
+        /// Position of the glob in that list, for the configuration key.
+        index: usize,
+        /// The glob as written.
+        pattern: String,
+        /// What the glob compiler said.
+        why: String,
+    },
+    /// `condition` is not a valid CEL expression.
+    #[error("condition: the CEL expression does not compile: {why}")]
+    Condition {
+        /// CEL's message.
+        why: String,
+    },
+}
+
+impl PolicyError {
+    /// The key inside `[mapping.policy]` the error is about (`targets[1]`, `condition`).
+    pub fn key(&self) -> String {
+        match self {
+            PolicyError::Glob { list, index, .. } => format!("{list}[{index}]"),
+            PolicyError::Condition { .. } => "condition".to_owned(),
+        }
+    }
 }
 
 /// A compiled glob list. Empty means "any", so that an omitted list never blocks everything.
@@ -77,7 +107,7 @@ impl GlobList {
             let glob = GlobBuilder::new(pattern.trim())
                 .case_insensitive(true)
                 .build()
-                .map_err(|e| PolicyError {
+                .map_err(|e| PolicyError::Glob {
                     list,
                     index,
                     pattern: pattern.clone(),
@@ -85,7 +115,7 @@ impl GlobList {
                 })?;
             builder.add(glob);
         }
-        let set = builder.build().map_err(|e| PolicyError {
+        let set = builder.build().map_err(|e| PolicyError::Glob {
             list,
             index: 0,
             pattern: patterns.join(", "),
@@ -116,16 +146,30 @@ pub struct Policy {
     distinct_approver: bool,
     requesters: GlobList,
     targets: GlobList,
+    condition: Option<Arc<Condition>>,
 }
 
 impl Policy {
-    /// Compiles the globs of `config`; a bad glob is reported with its list and position.
+    /// Compiles the globs and the condition of `config`; a bad glob is reported with its list
+    /// and position.
     pub fn compile(config: &PolicyConfig) -> Result<Policy, PolicyError> {
+        let condition = match &config.condition {
+            None => None,
+            Some(source) => Some(Arc::new(
+                Condition::compile(source).map_err(|why| PolicyError::Condition { why })?,
+            )),
+        };
         Ok(Policy {
             distinct_approver: config.distinct_approver,
             requesters: GlobList::compile("requesters", &config.requesters)?,
             targets: GlobList::compile("targets", &config.targets)?,
+            condition,
         })
+    }
+
+    /// True when the policy has a `condition`, which needs the ticket's names to evaluate.
+    pub fn has_condition(&self) -> bool {
+        self.condition.is_some()
     }
 
     /// Whether approvals must come from an identified person other than requester and subject.
@@ -148,6 +192,7 @@ impl Default for Policy {
                 patterns: Vec::new(),
                 set: GlobSet::empty(),
             },
+            condition: None,
         }
     }
 }
@@ -203,15 +248,63 @@ impl Verdict {
 }
 
 /// Evaluates every rule of `policy` against `input`. Never short-circuits, so the verdict lists
-/// all failures; [`Verdict::refusal`] picks the first for the ticket comment.
+/// all failures; [`Verdict::refusal`] picks the first for the ticket comment. A policy with a
+/// `condition` fails here: use [`check_in_context`] to give it the ticket's names.
 pub fn check(policy: &Policy, input: &PolicyInput) -> Verdict {
-    let checks = vec![
+    check_in_context(policy, input, None)
+}
+
+/// [`check`], with the ticket's template context (see [`crate::mapping::template_context`]) for
+/// the policy's `condition`.
+pub fn check_in_context(
+    policy: &Policy,
+    input: &PolicyInput,
+    context: Option<&serde_json::Value>,
+) -> Verdict {
+    let mut checks = vec![
         check_distinct_approver(policy, input),
         check_requester(policy, input),
         check_target(policy, input),
         check_duration(input),
     ];
+    if let Some(condition) = &policy.condition {
+        checks.push(check_condition(condition, context));
+    }
     Verdict { checks }
+}
+
+fn check_condition(condition: &Condition, context: Option<&serde_json::Value>) -> Check {
+    const RULE: &str = "condition";
+    let fail = |detail: String| Check {
+        rule: RULE,
+        passed: false,
+        detail,
+    };
+    let Some(context) = context else {
+        return fail(
+            "the policy condition of this mapping could not be evaluated (no ticket context)"
+                .to_owned(),
+        );
+    };
+    match condition.evaluate(&CelVariables::new(context)) {
+        Ok(true) => Check {
+            rule: RULE,
+            passed: true,
+            detail: format!("the policy condition {} holds", condition.source()),
+        },
+        Ok(false) => fail(format!(
+            "the policy condition {} is not met by this ticket",
+            condition.source()
+        )),
+        Err(ConditionFailure::Runtime(message)) => fail(format!(
+            "the policy condition {} could not be evaluated for this ticket ({message})",
+            condition.source()
+        )),
+        Err(ConditionFailure::NotBool(got)) => fail(format!(
+            "the policy condition {} gave a {got} instead of true or false",
+            condition.source()
+        )),
+    }
 }
 
 /// How a person is named in a refusal: the identity we compared, never just the display name.
@@ -325,6 +418,14 @@ fn check_requester(policy: &Policy, input: &PolicyInput) -> Check {
                 list.describe()
             ),
         },
+        Some(email) if !is_plain_address(email) => Check {
+            rule: RULE,
+            passed: false,
+            detail: format!(
+                "requester e-mail {email:?} is not a single plain address, so it cannot be matched \
+                 against the allowed requesters"
+            ),
+        },
         Some(email) if list.matches(email) => Check {
             rule: RULE,
             passed: true,
@@ -359,6 +460,16 @@ fn check_target(policy: &Policy, input: &PolicyInput) -> Check {
             detail: "any target allowed".to_owned(),
         };
     }
+    if let Some(bad) = target.chars().find(|c| !is_machine_name_char(*c)) {
+        return Check {
+            rule: RULE,
+            passed: false,
+            detail: format!(
+                "target {target:?} contains {bad:?}, which no machine name has (only letters, digits, \
+                 '.', '-' and '_' are accepted)"
+            ),
+        };
+    }
     if list.matches(target) {
         Check {
             rule: RULE,
@@ -375,6 +486,23 @@ fn check_target(policy: &Policy, input: &PolicyInput) -> Check {
             ),
         }
     }
+}
+
+/// One address, nothing around it: a glob like `*@example.com` must not be satisfied by
+/// `eve@evil.test,x@example.com` or `eve@evil.test@example.com`.
+fn is_plain_address(email: &str) -> bool {
+    email.matches('@').count() == 1
+        && !email.chars().any(|c| {
+            c.is_whitespace()
+                || c.is_control()
+                || matches!(c, ',' | ';' | '<' | '>' | '"' | '\'' | '/' | '\\')
+        })
+}
+
+/// Characters of host and device names. A target glob such as `WS-*` must not be satisfied by
+/// `WS-1,DC01` or `WS-1 DC01`, which a provider might read as two machines.
+fn is_machine_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')
 }
 
 fn check_duration(input: &PolicyInput) -> Check {

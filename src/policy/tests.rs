@@ -32,6 +32,7 @@ fn policy(distinct: bool, requesters: &[&str], targets: &[&str]) -> Policy {
         distinct_approver: distinct,
         requesters: requesters.iter().map(|s| s.to_string()).collect(),
         targets: targets.iter().map(|s| s.to_string()).collect(),
+        condition: None,
     })
     .unwrap()
 }
@@ -91,7 +92,8 @@ fn distinct_approver_table() {
         name: Some("Somebody".into()),
     };
     // (case, requester, approvers, subject, expected pass, expected text fragment)
-    let cases: Vec<(&str, Option<Person>, Vec<Person>, &str, bool, &str)> = vec![
+    type Case<'a> = (&'a str, Option<Person>, Vec<Person>, &'a str, bool, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "other approver",
             Some(a.clone()),
@@ -351,12 +353,94 @@ fn bad_glob_is_reported_with_its_position() {
         distinct_approver: true,
         requesters: vec![],
         targets: vec!["WS-*".into(), "LT-[".into()],
+        condition: None,
     })
     .unwrap_err();
-    assert_eq!(
-        (err.list, err.index, err.pattern.as_str()),
-        ("targets", 1, "LT-[")
+    assert!(
+        matches!(&err, PolicyError::Glob { list: "targets", index: 1, pattern, .. } if pattern == "LT-["),
+        "{err}"
     );
+    assert_eq!(err.key(), "targets[1]");
+}
+
+#[test]
+fn bad_condition_is_reported() {
+    let err = Policy::compile(&PolicyConfig {
+        condition: Some("fields.x ==".into()),
+        ..PolicyConfig::default()
+    })
+    .unwrap_err();
+    assert_eq!(err.key(), "condition");
+}
+
+fn conditional(condition: &str) -> Policy {
+    Policy::compile(&PolicyConfig {
+        condition: Some(condition.into()),
+        ..PolicyConfig::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn condition_table() {
+    let a = alice();
+    let approvers = [bob()];
+    let context =
+        serde_json::json!({ "fields": { "justified": "Yes", "n": 3 }, "ticket": { "key": "A-1" } });
+    let cases = [
+        ("fields.justified == 'Yes'", true, "holds"),
+        (
+            "fields.justified == 'No'",
+            false,
+            "is not met by this ticket",
+        ),
+        (
+            "fields.missing == 'Yes'",
+            false,
+            "could not be evaluated for this ticket",
+        ),
+        ("fields.n", false, "gave a int instead of true or false"),
+    ];
+    for (condition, pass, text) in cases {
+        let p = conditional(condition);
+        assert!(p.has_condition());
+        let v = check_in_context(
+            &p,
+            &input(Some(&a), &approvers, "alice@example.com", "WS-1"),
+            Some(&context),
+        );
+        let c = rule(&v, "condition");
+        assert_eq!((c.passed, v.allowed()), (pass, pass), "{condition}: {c:?}");
+        assert!(c.detail.contains(text), "{condition}: {:?}", c.detail);
+    }
+}
+
+#[test]
+fn condition_without_context_refuses_rather_than_skips() {
+    let a = alice();
+    let approvers = [bob()];
+    let v = check(
+        &conditional("true"),
+        &input(Some(&a), &approvers, "alice@example.com", "WS-1"),
+    );
+    assert!(!v.allowed());
+    assert!(v.refusal().unwrap().contains("could not be evaluated"));
+}
+
+#[test]
+fn smuggled_lists_do_not_satisfy_globs() {
+    let p = policy(true, &["*@example.com"], &["WS-*"]);
+    let cases: [(&str, &str, &str); 4] = [
+        ("eve@evil.test,x@example.com", "WS-1", "requesters"),
+        ("eve@evil.test@example.com", "WS-1", "requesters"),
+        ("alice@example.com", "WS-1,DC01", "targets"),
+        ("alice@example.com", "WS-1 DC01", "targets"),
+    ];
+    for (email, target, failing) in cases {
+        let requester = person(Some("r"), Some(email));
+        let v = check(&p, &input(Some(&requester), &[], "s", target));
+        assert!(!rule(&v, failing).passed, "{email} / {target}");
+    }
 }
 
 #[test]
