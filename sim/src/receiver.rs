@@ -427,7 +427,11 @@ async fn handle_elevation(
         return answer(StatusCode::OK, json!({"status": "duplicate"}));
     }
 
-    let text = |name: &str| grant_field(Some(&grant), name).unwrap_or_default().to_owned();
+    let text = |name: &str| {
+        grant_field(Some(&grant), name)
+            .unwrap_or_default()
+            .to_owned()
+    };
     let grant_id = text("id");
     match kind {
         CallKind::Apply => {
@@ -478,14 +482,7 @@ mod tests {
         .unwrap()
     }
 
-    async fn send(
-        url: &str,
-        secret: &str,
-        id: &str,
-        ts: i64,
-        signed: &[u8],
-        sent: &[u8],
-    ) -> u16 {
+    async fn send(url: &str, secret: &str, id: &str, ts: i64, signed: &[u8], sent: &[u8]) -> u16 {
         let sig = standard_webhooks_signature(secret, id, ts, signed);
         reqwest::Client::new()
             .post(url)
@@ -509,13 +506,19 @@ mod tests {
     async fn signed_apply_then_revoke_changes_holdings() {
         let rx = ElevationReceiver::start(SECRET).await.unwrap();
         let apply = body("grant.apply", "g1");
-        assert_eq!(send(&rx.url(), SECRET, "msg_a", now(), &apply, &apply).await, 200);
+        assert_eq!(
+            send(&rx.url(), SECRET, "msg_a", now(), &apply, &apply).await,
+            200
+        );
         assert!(rx.holds("alice@example.com", "WS-042", "local-admin").await);
         assert!(rx.applied_at("g1").await.is_some());
         assert!(rx.revoked_at("g1").await.is_none());
 
         let revoke = body("grant.revoke", "g1");
-        assert_eq!(send(&rx.url(), SECRET, "msg_r", now(), &revoke, &revoke).await, 200);
+        assert_eq!(
+            send(&rx.url(), SECRET, "msg_r", now(), &revoke, &revoke).await,
+            200
+        );
         assert!(!rx.holds("alice@example.com", "WS-042", "local-admin").await);
         assert!(rx.revoked_at("g1").await.is_some());
         assert!(rx.holdings().await.is_empty());
@@ -526,7 +529,10 @@ mod tests {
         let rx = ElevationReceiver::start(SECRET).await.unwrap();
         let apply = body("grant.apply", "g1");
         let other = "whsec_b3RoZXItc2VjcmV0LWtleQ==";
-        assert_eq!(send(&rx.url(), other, "msg_a", now(), &apply, &apply).await, 401);
+        assert_eq!(
+            send(&rx.url(), other, "msg_a", now(), &apply, &apply).await,
+            401
+        );
         assert!(rx.holdings().await.is_empty());
         let calls = rx.calls().await;
         assert_eq!(calls.len(), 1);
@@ -539,9 +545,15 @@ mod tests {
         let rx = ElevationReceiver::start(SECRET).await.unwrap();
         let apply = body("grant.apply", "g1");
         let stale = now() - 6 * 60;
-        assert_eq!(send(&rx.url(), SECRET, "msg_a", stale, &apply, &apply).await, 401);
+        assert_eq!(
+            send(&rx.url(), SECRET, "msg_a", stale, &apply, &apply).await,
+            401
+        );
         let future = now() + 6 * 60;
-        assert_eq!(send(&rx.url(), SECRET, "msg_b", future, &apply, &apply).await, 401);
+        assert_eq!(
+            send(&rx.url(), SECRET, "msg_b", future, &apply, &apply).await,
+            401
+        );
         assert!(rx.holdings().await.is_empty());
     }
 
@@ -555,7 +567,10 @@ mod tests {
             .unwrap()
             .replace("alice@", "mallory@");
         sent = forged.into_bytes();
-        assert_eq!(send(&rx.url(), SECRET, "msg_a", now(), &signed, &sent).await, 401);
+        assert_eq!(
+            send(&rx.url(), SECRET, "msg_a", now(), &signed, &sent).await,
+            401
+        );
         assert!(rx.holdings().await.is_empty());
     }
 
@@ -576,11 +591,20 @@ mod tests {
     async fn duplicate_webhook_id_is_counted_not_reapplied() {
         let rx = ElevationReceiver::start(SECRET).await.unwrap();
         let apply = body("grant.apply", "g1");
-        assert_eq!(send(&rx.url(), SECRET, "msg_a", now(), &apply, &apply).await, 200);
+        assert_eq!(
+            send(&rx.url(), SECRET, "msg_a", now(), &apply, &apply).await,
+            200
+        );
         let revoke = body("grant.revoke", "g1");
-        assert_eq!(send(&rx.url(), SECRET, "msg_r", now(), &revoke, &revoke).await, 200);
+        assert_eq!(
+            send(&rx.url(), SECRET, "msg_r", now(), &revoke, &revoke).await,
+            200
+        );
         // A late retry of the apply must not give the privilege back.
-        assert_eq!(send(&rx.url(), SECRET, "msg_a", now(), &apply, &apply).await, 200);
+        assert_eq!(
+            send(&rx.url(), SECRET, "msg_a", now(), &apply, &apply).await,
+            200
+        );
         assert!(!rx.holds("alice@example.com", "WS-042", "local-admin").await);
         assert_eq!(rx.duplicate_count("msg_a").await, 1);
         assert_eq!(rx.total_duplicates().await, 1);
@@ -592,17 +616,29 @@ mod tests {
         rx.fail_next(2).await;
         let apply = body("grant.apply", "g1");
         for _ in 0..2 {
-            assert_eq!(send(&rx.url(), SECRET, "msg_a", now(), &apply, &apply).await, 503);
+            assert_eq!(
+                send(&rx.url(), SECRET, "msg_a", now(), &apply, &apply).await,
+                503
+            );
         }
-        assert_eq!(send(&rx.url(), SECRET, "msg_a", now(), &apply, &apply).await, 200);
+        assert_eq!(
+            send(&rx.url(), SECRET, "msg_a", now(), &apply, &apply).await,
+            200
+        );
         assert_eq!(rx.duplicate_count("msg_a").await, 0);
         assert!(rx.holds("alice@example.com", "WS-042", "local-admin").await);
 
         rx.set_down(true).await;
         let revoke = body("grant.revoke", "g1");
-        assert_eq!(send(&rx.url(), SECRET, "msg_r", now(), &revoke, &revoke).await, 503);
+        assert_eq!(
+            send(&rx.url(), SECRET, "msg_r", now(), &revoke, &revoke).await,
+            503
+        );
         rx.clear_faults().await;
-        assert_eq!(send(&rx.url(), SECRET, "msg_r", now(), &revoke, &revoke).await, 200);
+        assert_eq!(
+            send(&rx.url(), SECRET, "msg_r", now(), &revoke, &revoke).await,
+            200
+        );
         assert!(rx.holdings().await.is_empty());
     }
 

@@ -50,7 +50,10 @@ fn unreachable_hmac_key() -> ! {
 /// `sha256=` followed by the lowercase hex HMAC-SHA256 of the raw body, keyed with the secret
 /// exactly as configured.
 pub fn jira_hub_signature(secret: &str, body: &[u8]) -> String {
-    format!("sha256={}", hex::encode(hmac_sha256(secret.as_bytes(), body)))
+    format!(
+        "sha256={}",
+        hex::encode(hmac_sha256(secret.as_bytes(), body))
+    )
 }
 
 /// Standard base64 of HMAC-SHA256(secret, body): how a ServiceNow Business Rule (or any

@@ -113,7 +113,11 @@ fn validate_node(node: &Value, ctx: Context, depth: usize) -> Result<(), AdfErro
     match kind {
         "text" => validate_text(obj),
         "hardBreak" | "rule" | "emoji" | "inlineCard" | "date" | "status" | "media" => Ok(()),
-        "mention" => match obj.get("attrs").and_then(|a| a.get("id")).and_then(Value::as_str) {
+        "mention" => match obj
+            .get("attrs")
+            .and_then(|a| a.get("id"))
+            .and_then(Value::as_str)
+        {
             Some(_) => Ok(()),
             None => Err(err("ADF mention needs attrs.id")),
         },
@@ -280,7 +284,8 @@ mod tests {
     fn wrong_version_unknown_node_and_empty_text_are_rejected() {
         let bad_version = json!({"type":"doc","version":2,"content":[]});
         let unknown = json!({"type":"doc","version":1,"content":[{"type":"script"}]});
-        let inline_at_top = json!({"type":"doc","version":1,"content":[{"type":"text","text":"x"}]});
+        let inline_at_top =
+            json!({"type":"doc","version":1,"content":[{"type":"text","text":"x"}]});
         let empty_text = json!({"type":"doc","version":1,"content":[
             {"type":"paragraph","content":[{"type":"text","text":""}]}]});
         let bad_mark = json!({"type":"doc","version":1,"content":[

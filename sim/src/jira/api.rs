@@ -88,14 +88,14 @@ fn platform_error(err: SimError) -> Response {
         SimError::UnknownIssue(_) => issue_not_found(),
         SimError::TransitionNotAvailable { transition, .. } => error_collection(
             StatusCode::BAD_REQUEST,
-            &[&format!("Transition id '{transition}' is not valid for this issue.")],
+            &[&format!(
+                "Transition id '{transition}' is not valid for this issue."
+            )],
             json!({}),
         ),
-        SimError::InvalidInput(msg) => error_collection(
-            StatusCode::BAD_REQUEST,
-            &[],
-            json!({"comment": msg}),
-        ),
+        SimError::InvalidInput(msg) => {
+            error_collection(StatusCode::BAD_REQUEST, &[], json!({"comment": msg}))
+        }
         other => error_collection(
             StatusCode::INTERNAL_SERVER_ERROR,
             &[&other.to_string()],
@@ -230,7 +230,11 @@ async fn not_found() -> Response {
 /// Applies Jira's `fields=` selection (`*all`, `*navigable`, `name`, `-name`) to a fields object.
 fn select_fields(fields: &mut serde_json::Map<String, Value>, spec: Option<&String>) {
     let Some(spec) = spec else { return };
-    let parts: Vec<&str> = spec.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+    let parts: Vec<&str> = spec
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
     if parts.is_empty() {
         return;
     }
@@ -393,7 +397,9 @@ async fn post_transition(
     if !exists {
         return error_collection(
             StatusCode::BAD_REQUEST,
-            &[&format!("Transition id '{id}' is not valid for this issue.")],
+            &[&format!(
+                "Transition id '{id}' is not valid for this issue."
+            )],
             json!({}),
         );
     }
@@ -440,8 +446,10 @@ async fn get_comments(
         .collect();
     (
         StatusCode::OK,
-        axum::Json(json!({"startAt": start, "maxResults": max, "total": issue.comments.len(),
-                          "comments": comments})),
+        axum::Json(
+            json!({"startAt": start, "maxResults": max, "total": issue.comments.len(),
+                          "comments": comments}),
+        ),
     )
         .into_response()
 }
@@ -478,7 +486,9 @@ async fn post_comment(
         (_, Some(Value::String(_))) => {
             return error_collection(
                 StatusCode::BAD_REQUEST,
-                &["Operation value must be an Atlassian Document (see the Atlassian Document Format)"],
+                &[
+                    "Operation value must be an Atlassian Document (see the Atlassian Document Format)",
+                ],
                 json!({}),
             );
         }

@@ -37,7 +37,11 @@ pub(super) fn router(core: Arc<Core>) -> Router {
 }
 
 fn problem(status: StatusCode, error: &str, detail: String) -> Response {
-    (status, axum::Json(json!({"error": error, "detail": detail}))).into_response()
+    (
+        status,
+        axum::Json(json!({"error": error, "detail": detail})),
+    )
+        .into_response()
 }
 
 fn sim_error(err: SimError) -> Response {
@@ -71,7 +75,13 @@ async fn resolve(core: &Core, who: &str) -> Result<String, Response> {
         .iter()
         .find(|u| u.account_id == who || u.email.eq_ignore_ascii_case(who))
         .map(|u| u.account_id.clone())
-        .ok_or_else(|| problem(StatusCode::CONFLICT, "refused", format!("unknown user {who}")))
+        .ok_or_else(|| {
+            problem(
+                StatusCode::CONFLICT,
+                "refused",
+                format!("unknown user {who}"),
+            )
+        })
 }
 
 #[derive(Deserialize)]
@@ -295,8 +305,7 @@ async fn rate_limit(
         limit: 100,
         reason: RateLimitReason::CostBased,
     };
-    core.state.lock().await.faults.rate_limit =
-        Some((limit, Remaining::from_window(limit.window)));
+    core.state.lock().await.faults.rate_limit = Some((limit, Remaining::from_window(limit.window)));
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -321,5 +330,8 @@ async fn requests(State(core): State<Arc<Core>>) -> Response {
 
 async fn deliveries(State(core): State<Arc<Core>>) -> Response {
     let state = core.state.lock().await;
-    axum::Json(summary(&state.deliveries.iter().cloned().collect::<Vec<_>>())).into_response()
+    axum::Json(summary(
+        &state.deliveries.iter().cloned().collect::<Vec<_>>(),
+    ))
+    .into_response()
 }

@@ -584,7 +584,10 @@ impl Core {
         );
         if let Some(history) = changelog {
             let items: Vec<Value> = history.items.iter().map(ChangeItem::json).collect();
-            body.insert("changelog".into(), json!({"id": history.id, "items": items}));
+            body.insert(
+                "changelog".into(),
+                json!({"id": history.id, "items": items}),
+            );
         }
         if let Some(comment) = comment {
             body.insert(
@@ -784,7 +787,9 @@ impl Core {
             .get_mut(idx)
             .ok_or_else(|| SimError::UnknownIssue(key.to_owned()))?;
         if issue.comments.len() >= MAX_COMMENTS_PER_ISSUE {
-            return Err(SimError::InvalidInput("too many comments on this issue".into()));
+            return Err(SimError::InvalidInput(
+                "too many comments on this issue".into(),
+            ));
         }
         issue.comments.push(comment.clone());
         issue.updated = comment.created;
@@ -826,7 +831,10 @@ impl Core {
             issue.summary = display(&value).unwrap_or_default();
             old
         } else {
-            issue.fields.insert(field.to_owned(), value.clone()).unwrap_or(Value::Null)
+            issue
+                .fields
+                .insert(field.to_owned(), value.clone())
+                .unwrap_or(Value::Null)
         };
         let custom = field.starts_with("customfield_");
         let history = History {
@@ -1012,7 +1020,9 @@ impl Core {
             key: issue.key.clone(),
             status: status.map(|s| s.name.clone()).unwrap_or_default(),
             status_id: issue.status_id.clone(),
-            status_category: status.map(|s| s.category.key().to_owned()).unwrap_or_default(),
+            status_category: status
+                .map(|s| s.category.key().to_owned())
+                .unwrap_or_default(),
             summary: issue.summary.clone(),
             reporter: issue.reporter.clone(),
             fields: full.get("fields").cloned().unwrap_or(Value::Null),
@@ -1050,7 +1060,11 @@ impl JiraSim {
     /// Starts a simulator with `config`.
     pub async fn start(config: JiraSimConfig) -> Result<Self, SimError> {
         for t in &config.api_tokens {
-            if !config.users.iter().any(|u| u.email.eq_ignore_ascii_case(&t.email)) {
+            if !config
+                .users
+                .iter()
+                .any(|u| u.email.eq_ignore_ascii_case(&t.email))
+            {
                 return Err(SimError::UnknownUser(t.email.clone()));
             }
         }
@@ -1325,7 +1339,11 @@ impl JiraSim {
         let response = webhook::send_once(&self.core.client, url, &headers, body, 0).await;
         let event = serde_json::from_slice::<Value>(body)
             .ok()
-            .and_then(|v| v.get("webhookEvent").and_then(Value::as_str).map(str::to_owned))
+            .and_then(|v| {
+                v.get("webhookEvent")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
             .unwrap_or_default();
         let delivery = Delivery {
             id,
@@ -1335,7 +1353,10 @@ impl JiraSim {
             body: body.to_vec(),
             responses: vec![response],
         };
-        push_bounded(&mut self.core.state.lock().await.deliveries, delivery.clone());
+        push_bounded(
+            &mut self.core.state.lock().await.deliveries,
+            delivery.clone(),
+        );
         delivery
     }
 

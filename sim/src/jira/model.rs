@@ -160,7 +160,10 @@ impl Workflow {
     ) -> Result<Self, SimError> {
         let known = |id: &str| statuses.iter().any(|s| s.id == id);
         for (i, s) in statuses.iter().enumerate() {
-            if statuses[..i].iter().any(|o| o.id == s.id || o.name == s.name) {
+            if statuses[..i]
+                .iter()
+                .any(|o| o.id == s.id || o.name == s.name)
+            {
                 return Err(SimError::InvalidWorkflow(format!(
                     "duplicate status {:?}",
                     s.name
@@ -210,8 +213,18 @@ impl Workflow {
             Status::new(REOPENED, "Reopened", ToDo),
         ];
         let transitions = vec![
-            Transition::new(APPROVE_TRANSITION, "Approve", &[WAITING_FOR_APPROVAL], APPROVED),
-            Transition::new(DECLINE_TRANSITION, "Decline", &[WAITING_FOR_APPROVAL], DECLINED),
+            Transition::new(
+                APPROVE_TRANSITION,
+                "Approve",
+                &[WAITING_FOR_APPROVAL],
+                APPROVED,
+            ),
+            Transition::new(
+                DECLINE_TRANSITION,
+                "Decline",
+                &[WAITING_FOR_APPROVAL],
+                DECLINED,
+            ),
             Transition::new("31", "Start progress", &[APPROVED, REOPENED], IN_PROGRESS),
             Transition::new("41", "Resolve", &[IN_PROGRESS], DONE),
             Transition::new(
@@ -562,7 +575,10 @@ impl Issue {
             .map(|c| c.json(users, base, self.id, api))
             .collect();
         let mut fields = Map::new();
-        fields.insert("statuscategorychangedate".into(), jira_time(self.status_changed).into());
+        fields.insert(
+            "statuscategorychangedate".into(),
+            jira_time(self.status_changed).into(),
+        );
         fields.insert(
             "issuetype".into(),
             json!({"self": format!("{base}/rest/api/{api}/issuetype/{}", site.issue_type_id),
@@ -645,7 +661,11 @@ mod tests {
             .map(|t| t.name.clone())
             .collect();
         assert_eq!(from_waiting, ["Approve", "Decline", "Cancel request"]);
-        assert!(wf.available(ids::DONE).iter().all(|t| t.to == ids::REOPENED));
+        assert!(
+            wf.available(ids::DONE)
+                .iter()
+                .all(|t| t.to == ids::REOPENED)
+        );
     }
 
     #[test]

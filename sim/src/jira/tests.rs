@@ -70,7 +70,11 @@ async fn target(script: Vec<u16>) -> Target {
     async fn hook(State(s): State<S>, headers: HeaderMap, body: Bytes) -> StatusCode {
         s.got.lock().await.push((headers, body));
         let mut script = s.script.lock().await;
-        let code = if script.is_empty() { 200 } else { script.remove(0) };
+        let code = if script.is_empty() {
+            200
+        } else {
+            script.remove(0)
+        };
         StatusCode::from_u16(code).unwrap()
     }
     let got = Arc::new(Mutex::new(Vec::new()));
@@ -108,7 +112,12 @@ async fn get_issue_returns_jira_shape_with_null_custom_fields() {
     assert_eq!(doc["fields"]["reporter"]["accountId"], users::ALICE);
     assert_eq!(doc["fields"]["customfield_10060"], "WS-042");
     assert!(doc["fields"]["customfield_10100"].is_null());
-    assert!(doc["fields"].as_object().unwrap().contains_key("customfield_10139"));
+    assert!(
+        doc["fields"]
+            .as_object()
+            .unwrap()
+            .contains_key("customfield_10139")
+    );
     assert_eq!(doc["fields"]["description"]["type"], "doc");
     assert_eq!(
         doc["fields"]["customfield_10027"][0]["finalDecision"],
@@ -215,7 +224,10 @@ async fn unavailable_transition_is_a_400_error_collection() {
     assert_eq!(res.status(), 400);
     let body: Value = res.json().await.unwrap();
     assert!(body["errorMessages"][0].as_str().unwrap().contains("41"));
-    assert_eq!(jira.issue(&key).await.unwrap().status, "Waiting for approval");
+    assert_eq!(
+        jira.issue(&key).await.unwrap().status,
+        "Waiting for approval"
+    );
 }
 
 #[tokio::test]
@@ -281,10 +293,12 @@ async fn approvals_api_lists_and_answers_and_runs_the_transition() {
         .unwrap()
         .key;
     let (c, base) = api(&jira);
-    let none = authed(c.get(format!("{base}/rest/servicedeskapi/request/{plain}/approval")))
-        .send()
-        .await
-        .unwrap();
+    let none = authed(c.get(format!(
+        "{base}/rest/servicedeskapi/request/{plain}/approval"
+    )))
+    .send()
+    .await
+    .unwrap();
     assert_eq!(none.status(), 404);
 
     let list: Value = authed(c.get(format!("{base}/rest/servicedeskapi/request/{key}/approval")))
@@ -297,7 +311,10 @@ async fn approvals_api_lists_and_answers_and_runs_the_transition() {
     assert_eq!(list["isLastPage"], true);
     let approval = &list["values"][0];
     assert_eq!(approval["finalDecision"], "pending");
-    assert_eq!(approval["approvers"][0]["approver"]["accountId"], users::BOB);
+    assert_eq!(
+        approval["approvers"][0]["approver"]["accountId"],
+        users::BOB
+    );
     assert_eq!(approval["approvers"][0]["approverDecision"], "pending");
     // The API user is not an approver.
     assert_eq!(approval["canAnswerApproval"], false);
@@ -380,7 +397,11 @@ async fn timed_rate_limit_counts_down_retry_after() {
         .await
         .unwrap();
     assert_eq!(res.status(), 429);
-    let secs: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let secs: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((29..=30).contains(&secs), "{secs}");
     jira.clear_faults().await;
     let ok = authed(c.get(format!("{base}/rest/api/3/myself")))
@@ -448,7 +469,10 @@ async fn approval_emits_signed_issue_updated_with_status_changelog() {
             .unwrap()
             .contains("/rest/api/2/")
     );
-    assert_eq!(doc["issue"]["fields"]["description"], "Need to install a driver");
+    assert_eq!(
+        doc["issue"]["fields"]["description"],
+        "Need to install a driver"
+    );
     let item = &doc["changelog"]["items"][0];
     assert_eq!(item["field"], "status");
     assert_eq!(item["from"], ids::WAITING_FOR_APPROVAL);
@@ -463,7 +487,10 @@ async fn unsigned_target_gets_no_signature_and_comment_event_carries_comment() {
     let hook = target(vec![]).await;
     jira.add_webhook(&hook.url, None).await;
     let key = elevation_issue(&jira).await;
-    let outcome = jira.comment(&key, users::CAROL, "Looking into it").await.unwrap();
+    let outcome = jira
+        .comment(&key, users::CAROL, "Looking into it")
+        .await
+        .unwrap();
     let doc = outcome.deliveries[0].json();
     assert_eq!(doc["issue_event_type_name"], "issue_commented");
     assert_eq!(doc["comment"]["body"], "Looking into it");
@@ -487,12 +514,20 @@ async fn retryable_answers_are_retried_with_the_same_identifier() {
     let got = hook.got.lock().await;
     let ids: Vec<_> = got
         .iter()
-        .map(|(h, _)| h["x-atlassian-webhook-identifier"].to_str().unwrap().to_owned())
+        .map(|(h, _)| {
+            h["x-atlassian-webhook-identifier"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     assert!(ids.iter().all(|id| *id == d.id));
     let retries: Vec<_> = got
         .iter()
-        .map(|(h, _)| h.get("x-atlassian-webhook-retry").map(|v| v.to_str().unwrap().to_owned()))
+        .map(|(h, _)| {
+            h.get("x-atlassian-webhook-retry")
+                .map(|v| v.to_str().unwrap().to_owned())
+        })
         .collect();
     assert_eq!(retries, [None, Some("1".into()), Some("2".into())]);
     assert!(got.windows(2).all(|w| w[0].1 == w[1].1), "same body bytes");
@@ -531,7 +566,11 @@ async fn connection_failure_is_recorded_and_retried() {
         .unwrap();
     let d = &outcome.deliveries[0];
     assert_eq!(d.responses.len(), 4);
-    assert!(d.responses.iter().all(|r| r.status.is_none() && r.error.is_some()));
+    assert!(
+        d.responses
+            .iter()
+            .all(|r| r.status.is_none() && r.error.is_some())
+    );
 }
 
 #[tokio::test]
@@ -638,5 +677,8 @@ async fn custom_workflow_is_honoured() {
         .key;
     jira.transition(&key, "Close", users::CAROL).await.unwrap();
     let issue = jira.issue(&key).await.unwrap();
-    assert_eq!((issue.status.as_str(), issue.status_category.as_str()), ("Closed", "done"));
+    assert_eq!(
+        (issue.status.as_str(), issue.status_category.as_str()),
+        ("Closed", "done")
+    );
 }

@@ -62,7 +62,9 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     fn delay(&self, retry: u32) -> Duration {
-        let factor = 1u32.checked_shl(retry.saturating_sub(1)).unwrap_or(u32::MAX);
+        let factor = 1u32
+            .checked_shl(retry.saturating_sub(1))
+            .unwrap_or(u32::MAX);
         self.initial_delay
             .checked_mul(factor)
             .unwrap_or(self.max_delay)
@@ -130,24 +132,31 @@ impl Delivery {
 
     /// True when the last attempt got a 2xx.
     pub fn delivered(&self) -> bool {
-        self.responses.last().is_some_and(DeliveryResponse::is_success)
+        self.responses
+            .last()
+            .is_some_and(DeliveryResponse::is_success)
     }
 }
 
 /// Headers Jira puts on a first attempt.
-pub(crate) fn first_headers(
-    id: &str,
-    secret: Option<&str>,
-    body: &[u8],
-) -> Vec<(String, String)> {
+pub(crate) fn first_headers(id: &str, secret: Option<&str>, body: &[u8]) -> Vec<(String, String)> {
     let mut headers = vec![
-        ("Content-Type".to_owned(), "application/json; charset=UTF-8".to_owned()),
-        ("User-Agent".to_owned(), "Atlassian Webhook HTTP Client".to_owned()),
+        (
+            "Content-Type".to_owned(),
+            "application/json; charset=UTF-8".to_owned(),
+        ),
+        (
+            "User-Agent".to_owned(),
+            "Atlassian Webhook HTTP Client".to_owned(),
+        ),
         ("X-Atlassian-Webhook-Identifier".to_owned(), id.to_owned()),
         ("X-Atlassian-Webhook-Flow".to_owned(), "Primary".to_owned()),
     ];
     if let Some(secret) = secret {
-        headers.push(("X-Hub-Signature".to_owned(), jira_hub_signature(secret, body)));
+        headers.push((
+            "X-Hub-Signature".to_owned(),
+            jira_hub_signature(secret, body),
+        ));
     }
     headers
 }
@@ -273,7 +282,10 @@ mod tests {
         let h = first_headers("id-1", None, b"{}");
         assert!(!h.iter().any(|(k, _)| k == "X-Hub-Signature"));
         let h = first_headers("id-1", Some("s"), b"{}");
-        assert!(h.iter().any(|(k, v)| k == "X-Hub-Signature" && v.starts_with("sha256=")));
+        assert!(
+            h.iter()
+                .any(|(k, v)| k == "X-Hub-Signature" && v.starts_with("sha256="))
+        );
     }
 
     #[test]
