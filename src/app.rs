@@ -30,7 +30,10 @@ pub enum AppError {
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("the {0} store backend is not available in this build")]
     Backend(&'static str),
     #[error("cannot build the HTTP client: {0}")]
@@ -38,9 +41,14 @@ pub enum AppError {
 }
 
 /// Opens the configured store.
-pub async fn open_store(location: &StoreLocation) -> Result<Arc<dyn Store>, AppError> {
+pub async fn open_store(
+    location: &StoreLocation,
+    clock: SharedClock,
+) -> Result<Arc<dyn Store>, AppError> {
     match location {
-        StoreLocation::Sqlite(path) => Ok(Arc::new(crate::store::sqlite::SqliteStore::open(path).await?)),
+        StoreLocation::Sqlite(path) => Ok(Arc::new(
+            crate::store::sqlite::SqliteStore::open_with_clock(path, clock).await?,
+        )),
         StoreLocation::Postgres(_) => Err(AppError::Backend("PostgreSQL")),
     }
 }
@@ -91,13 +99,18 @@ impl Running {
 }
 
 /// Starts the daemon on an already-opened store: binds the listeners and spawns every worker.
-pub async fn start_with_store(config: Config, store: Arc<dyn Store>, clock: SharedClock) -> Result<Running, AppError> {
+pub async fn start_with_store(
+    config: Config,
+    store: Arc<dyn Store>,
+    clock: SharedClock,
+) -> Result<Running, AppError> {
     let shutdown = CancellationToken::new();
     let client = http_client()?;
     let connectors = Registry::build(&config.connectors, &client);
     let wakers = Wakers::default();
     let inbox_wake = Arc::new(tokio::sync::Notify::new());
-    let apply_window = jiff::SignedDuration::try_from(config.workers.apply_window).unwrap_or(jiff::SignedDuration::from_mins(15));
+    let apply_window = jiff::SignedDuration::try_from(config.workers.apply_window)
+        .unwrap_or(jiff::SignedDuration::from_mins(15));
     let service = GrantService::new(
         store.clone(),
         clock.clone(),
@@ -124,24 +137,57 @@ pub async fn start_with_store(config: Config, store: Arc<dyn Store>, clock: Shar
     if config.admin.token.is_none() {
         tracing::warn!("no admin token configured: the admin API (/api/v1/) is disabled");
     }
-    let ingress_state = IngressState { store: store.clone(), clock: clock.clone(), connectors: connectors.clone(), inbox_wake: inbox_wake.clone() };
-    let timeout = TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.server.request_timeout);
+    let ingress_state = IngressState {
+        store: store.clone(),
+        clock: clock.clone(),
+        connectors: connectors.clone(),
+        inbox_wake: inbox_wake.clone(),
+    };
+    let timeout =
+        TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.server.request_timeout);
     let webhooks = ingress::router(ingress_state, config.server.max_body_bytes);
     let admin_routes = admin::ops_router(admin_state.clone()).merge(admin::api_router(admin_state));
 
     let mut tasks = JoinSet::new();
     let webhook_listener = bind(config.server.listen).await?;
-    let webhook_addr = webhook_listener.local_addr().map_err(|source| AppError::Bind { addr: config.server.listen, source })?;
+    let webhook_addr = webhook_listener
+        .local_addr()
+        .map_err(|source| AppError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
     let admin_addr = match config.admin.listen {
         Some(addr) => {
             let listener = bind(addr).await?;
-            let admin_addr = listener.local_addr().map_err(|source| AppError::Bind { addr, source })?;
-            serve(&mut tasks, listener, admin_routes.fallback(crate::http::not_found).layer(timeout.clone()), shutdown.clone());
-            serve(&mut tasks, webhook_listener, webhooks.fallback(crate::http::not_found).layer(timeout), shutdown.clone());
+            let admin_addr = listener
+                .local_addr()
+                .map_err(|source| AppError::Bind { addr, source })?;
+            serve(
+                &mut tasks,
+                listener,
+                admin_routes
+                    .fallback(crate::http::not_found)
+                    .layer(timeout.clone()),
+                shutdown.clone(),
+            );
+            serve(
+                &mut tasks,
+                webhook_listener,
+                webhooks.fallback(crate::http::not_found).layer(timeout),
+                shutdown.clone(),
+            );
             admin_addr
         }
         None => {
-            serve(&mut tasks, webhook_listener, webhooks.merge(admin_routes).fallback(crate::http::not_found).layer(timeout), shutdown.clone());
+            serve(
+                &mut tasks,
+                webhook_listener,
+                webhooks
+                    .merge(admin_routes)
+                    .fallback(crate::http::not_found)
+                    .layer(timeout),
+                shutdown.clone(),
+            );
             webhook_addr
         }
     };
@@ -151,10 +197,21 @@ pub async fn start_with_store(config: Config, store: Arc<dyn Store>, clock: Shar
     let worker = InboxWorker::new(service.clone(), connectors.clone(), w.clone(), inbox_wake);
     tasks.spawn(async move { worker.run(token).await });
     let token = shutdown.clone();
-    let worker = ProviderWorker::new(service.clone(), config.providers.clone(), w.clone(), wakers.provider.clone());
+    let worker = ProviderWorker::new(
+        service.clone(),
+        config.providers.clone(),
+        w.clone(),
+        wakers.provider.clone(),
+    );
     tasks.spawn(async move { worker.run(token).await });
     let token = shutdown.clone();
-    let worker = WritebackWorker::new(store.clone(), clock.clone(), connectors.clone(), w, wakers.writeback.clone());
+    let worker = WritebackWorker::new(
+        store.clone(),
+        clock.clone(),
+        connectors.clone(),
+        w,
+        wakers.writeback.clone(),
+    );
     tasks.spawn(async move { worker.run(token).await });
     let token = shutdown.clone();
     let scheduler = Scheduler::new(service.clone(), wakers.scheduler.clone());
@@ -163,22 +220,37 @@ pub async fn start_with_store(config: Config, store: Arc<dyn Store>, clock: Shar
     tasks.spawn(health_checks(connectors, health, token));
 
     tracing::info!(%webhook_addr, %admin_addr, connectors = config.connectors.len(), mappings = config.mappings.len(), "jitbridge is running");
-    Ok(Running { webhook_addr, admin_addr, service, shutdown, tasks })
+    Ok(Running {
+        webhook_addr,
+        admin_addr,
+        service,
+        shutdown,
+        tasks,
+    })
 }
 
 /// Opens the store and starts the daemon.
 pub async fn start(config: Config, clock: SharedClock) -> Result<Running, AppError> {
-    let store = open_store(&config.store).await?;
+    let store = open_store(&config.store, clock.clone()).await?;
     start_with_store(config, store, clock).await
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
-    TcpListener::bind(addr).await.map_err(|source| AppError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { addr, source })
 }
 
-fn serve(tasks: &mut JoinSet<()>, listener: TcpListener, router: axum::Router, shutdown: CancellationToken) {
+fn serve(
+    tasks: &mut JoinSet<()>,
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) {
     tasks.spawn(async move {
-        let result = axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+        let result = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
         if let Err(e) = result {
             tracing::error!(error = %e, "HTTP listener failed");
         }

@@ -41,12 +41,25 @@ pub struct MappingExplanation {
 }
 
 /// Explains `body` arriving on `connector`.
-pub fn explain(connector: &dyn Connector, mappings: &MappingSet, body: &[u8]) -> Result<Explanation, String> {
+pub fn explain(
+    connector: &dyn Connector,
+    mappings: &MappingSet,
+    body: &[u8],
+) -> Result<Explanation, String> {
     let events = connector
-        .parse(&RawDelivery { headers: Vec::new(), body: body.to_vec() })
+        .parse(&RawDelivery {
+            headers: Vec::new(),
+            body: body.to_vec(),
+        })
         .map_err(|e| e.to_string())?;
-    let events = events.into_iter().map(|event| explain_event(mappings, event)).collect();
-    Ok(Explanation { connector: connector.id().to_owned(), events })
+    let events = events
+        .into_iter()
+        .map(|event| explain_event(mappings, event))
+        .collect();
+    Ok(Explanation {
+        connector: connector.id().to_owned(),
+        events,
+    })
 }
 
 fn explain_event(mappings: &MappingSet, event: TicketEvent) -> EventExplanation {
@@ -68,7 +81,9 @@ fn explain_event(mappings: &MappingSet, event: TicketEvent) -> EventExplanation 
             decision: "no match: nothing happens".into(),
             writebacks: Vec::new(),
         };
-        let Some(mapping) = mappings.get(&ev.mapping) else { continue };
+        let Some(mapping) = mappings.get(&ev.mapping) else {
+            continue;
+        };
         if matched {
             let spec = match mapping.render_grant(&event) {
                 Ok(s) => s,
@@ -85,11 +100,21 @@ fn explain_event(mappings: &MappingSet, event: TicketEvent) -> EventExplanation 
                 "capped_at_max_duration": spec.capped,
             }));
             let approvers: Vec<_> = event.actor.iter().cloned().collect();
-            let verdict = crate::policy::check(
-                mapping.policy(),
-                &PolicyInput { requester: event.requester.as_ref(), approvers: &approvers, subject: &spec.subject, target: &spec.target, duration: spec.duration },
+            let verdict = mapping.check_policy(
+                &event,
+                &PolicyInput {
+                    requester: event.requester.as_ref(),
+                    approvers: &approvers,
+                    subject: &spec.subject,
+                    target: &spec.target,
+                    duration: spec.duration,
+                },
             );
-            m.policy = verdict.checks.iter().map(|c| json!({"rule": c.rule, "passed": c.passed, "detail": c.detail})).collect();
+            m.policy = verdict
+                .checks
+                .iter()
+                .map(|c| json!({"rule": c.rule, "passed": c.passed, "detail": c.detail}))
+                .collect();
             let (decision, state, reason) = match ev.trigger {
                 None => ("request: a grant would be recorded as requested, waiting for approval".to_owned(), GrantState::Requested, String::new()),
                 Some(Trigger::Approve) if verdict.allowed() => (
@@ -132,14 +157,20 @@ fn explain_event(mappings: &MappingSet, event: TicketEvent) -> EventExplanation 
         }
         out.push(m);
     }
-    EventExplanation { event, mappings: out }
+    EventExplanation {
+        event,
+        mappings: out,
+    }
 }
 
 /// A human-readable rendering of an explanation.
 pub fn render_text(x: &Explanation) -> String {
     let mut s = String::new();
     if x.events.is_empty() {
-        s.push_str(&format!("connector {}: the payload holds no ticket event this connector acts on\n", x.connector));
+        s.push_str(&format!(
+            "connector {}: the payload holds no ticket event this connector acts on\n",
+            x.connector
+        ));
     }
     for e in &x.events {
         let ev = &e.event;
@@ -149,14 +180,25 @@ pub fn render_text(x: &Explanation) -> String {
             ev.ticket.key,
             ev.ticket.status.clone().unwrap_or_default(),
             ev.ticket.kind.clone().unwrap_or_default(),
-            ev.actor.as_ref().and_then(|a| a.email.clone().or_else(|| a.id.clone())).unwrap_or_else(|| "(nobody)".into()),
+            ev.actor
+                .as_ref()
+                .and_then(|a| a.email.clone().or_else(|| a.id.clone()))
+                .unwrap_or_else(|| "(nobody)".into()),
             ev.occurred_at
         ));
         if e.mappings.is_empty() {
             s.push_str("  no mapping is configured for this connector\n");
         }
         for m in &e.mappings {
-            s.push_str(&format!("  mapping {}: {}\n", m.mapping, if m.matched { "matches" } else { "does not match" }));
+            s.push_str(&format!(
+                "  mapping {}: {}\n",
+                m.mapping,
+                if m.matched {
+                    "matches"
+                } else {
+                    "does not match"
+                }
+            ));
             if let Some(w) = &m.why_not {
                 s.push_str(&format!("    why: {w}\n"));
             }
@@ -168,7 +210,12 @@ pub fn render_text(x: &Explanation) -> String {
             }
             for p in &m.policy {
                 let ok = p["passed"].as_bool().unwrap_or(false);
-                s.push_str(&format!("    policy {} {}: {}\n", if ok { "PASS" } else { "FAIL" }, p["rule"].as_str().unwrap_or(""), p["detail"].as_str().unwrap_or("")));
+                s.push_str(&format!(
+                    "    policy {} {}: {}\n",
+                    if ok { "PASS" } else { "FAIL" },
+                    p["rule"].as_str().unwrap_or(""),
+                    p["detail"].as_str().unwrap_or("")
+                ));
             }
             s.push_str(&format!("    decision: {}\n", m.decision));
             for w in &m.writebacks {

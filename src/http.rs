@@ -19,13 +19,21 @@ pub struct ApiError {
 impl ApiError {
     /// An error with this status, code and detail.
     pub fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, error, detail: detail.into() }
+        Self {
+            status,
+            error,
+            detail: detail.into(),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": self.error, "detail": self.detail}))).into_response()
+        (
+            self.status,
+            Json(json!({"error": self.error, "detail": self.detail})),
+        )
+            .into_response()
     }
 }
 

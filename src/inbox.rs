@@ -33,15 +33,31 @@ pub struct InboxWorker {
 
 impl InboxWorker {
     /// A worker feeding `service` from the inbox.
-    pub fn new(service: GrantService, connectors: Registry, settings: WorkerSettings, wake: Arc<Notify>) -> Self {
-        Self { service, connectors, settings, wake, id: format!("inbox-{}", uuid::Uuid::now_v7().simple()) }
+    pub fn new(
+        service: GrantService,
+        connectors: Registry,
+        settings: WorkerSettings,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            service,
+            connectors,
+            settings,
+            wake,
+            id: format!("inbox-{}", uuid::Uuid::now_v7().simple()),
+        }
     }
 
     /// Runs until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
             let now = self.service.clock().now();
-            let batch = match self.service.store().claim_deliveries(&self.id, now, LEASE, BATCH).await {
+            let batch = match self
+                .service
+                .store()
+                .claim_deliveries(&self.id, now, LEASE, BATCH)
+                .await
+            {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot claim inbox deliveries; retrying");
@@ -71,9 +87,17 @@ impl InboxWorker {
     async fn process(&self, d: Delivery) -> Result<(), StoreError> {
         let store = self.service.store();
         let Some(reg) = self.connectors.get(&d.connector) else {
-            return self.reject(&d, format!("connector {:?} is no longer configured", d.connector)).await;
+            return self
+                .reject(
+                    &d,
+                    format!("connector {:?} is no longer configured", d.connector),
+                )
+                .await;
         };
-        let raw = RawDelivery { headers: d.headers.clone(), body: d.body.clone() };
+        let raw = RawDelivery {
+            headers: d.headers.clone(),
+            body: d.body.clone(),
+        };
         let events = match reg.connector.parse(&raw) {
             Ok(e) => e,
             Err(e) => return self.reject(&d, e.to_string()).await,
@@ -86,13 +110,22 @@ impl InboxWorker {
                 Err(e) if e.is_retryable() => {
                     let attempts = d.attempts + 1;
                     let now = self.service.clock().now();
-                    let delay = backoff(attempts, self.settings.retry_initial, self.settings.retry_max, d.id.as_u128());
+                    let delay = backoff(
+                        attempts,
+                        self.settings.retry_initial,
+                        self.settings.retry_max,
+                        d.id.as_u128(),
+                    );
                     let retry_after = match &e {
-                        crate::grants::service::ServiceError::Confirm { source, .. } => source.retry_after(),
+                        crate::grants::service::ServiceError::Confirm { source, .. } => {
+                            source.retry_after()
+                        }
                         _ => None,
                     };
                     tracing::warn!(delivery = %d.id, ticket = %event.ticket.key, attempts, error = %e, "delivery will be retried");
-                    return store.retry_delivery(d.id, next_attempt(now, delay, retry_after), &e.to_string()).await;
+                    return store
+                        .retry_delivery(d.id, next_attempt(now, delay, retry_after), &e.to_string())
+                        .await;
                 }
                 Err(e) => {
                     tracing::error!(delivery = %d.id, ticket = %event.ticket.key, error = %e, "event could not be applied");
@@ -101,7 +134,9 @@ impl InboxWorker {
             }
         }
         metrics::counter!("jitbridge_deliveries_processed_total", "connector" => d.connector.clone()).increment(1);
-        store.finish_delivery(d.id, DeliveryOutcome::Processed).await
+        store
+            .finish_delivery(d.id, DeliveryOutcome::Processed)
+            .await
     }
 
     async fn reject(&self, d: &Delivery, why: String) -> Result<(), StoreError> {
@@ -119,6 +154,8 @@ impl InboxWorker {
                 detail: json!({"delivery": d.id, "dedupe_key": d.dedupe_key, "why": why}),
             }])
             .await?;
-        store.finish_delivery(d.id, DeliveryOutcome::Rejected(why)).await
+        store
+            .finish_delivery(d.id, DeliveryOutcome::Rejected(why))
+            .await
     }
 }

@@ -125,7 +125,9 @@ enum AuditCommand {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,hyper=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -135,7 +137,10 @@ fn init_tracing(format: LogFormat) {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing(args.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -152,15 +157,21 @@ fn main() -> ExitCode {
 }
 
 fn load(config: &Path) -> Result<jitbridge::config::Config> {
-    jitbridge::config::load(config, &jitbridge::config::process_env(), &jitbridge::config::ProcessEnv)
-        .map_err(|problems| anyhow::anyhow!("{problems}"))
+    jitbridge::config::load(
+        config,
+        &jitbridge::config::process_env(),
+        &jitbridge::config::ProcessEnv,
+    )
+    .map_err(|problems| anyhow::anyhow!("{problems}"))
 }
 
 async fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Serve { config } => {
-            let cfg = load(&config).with_context(|| format!("cannot start with {}", config.display()))?;
-            let running = jitbridge::app::start(cfg, Arc::new(jitbridge::clock::SystemClock)).await?;
+            let cfg =
+                load(&config).with_context(|| format!("cannot start with {}", config.display()))?;
+            let running =
+                jitbridge::app::start(cfg, Arc::new(jitbridge::clock::SystemClock)).await?;
             let token = running.shutdown_token();
             tokio::spawn(async move {
                 shutdown_signal().await;
@@ -170,7 +181,11 @@ async fn run(command: Command) -> Result<ExitCode> {
             running.wait().await;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config } => match jitbridge::config::load(&config, &jitbridge::config::process_env(), &jitbridge::config::ProcessEnv) {
+        Command::Check { config } => match jitbridge::config::load(
+            &config,
+            &jitbridge::config::process_env(),
+            &jitbridge::config::ProcessEnv,
+        ) {
             Ok(cfg) => {
                 println!(
                     "{}: valid ({} connector(s), {} mapping(s), {} provider(s))",
@@ -186,12 +201,37 @@ async fn run(command: Command) -> Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         },
-        Command::Explain { config, connector, payload, json } => cli::explain(&config, &connector, &payload, json),
-        Command::Grants { command: GrantsCommand::List { config, state, json } } => cli::grants_list(&config, state.as_deref(), json).await,
-        Command::Grants { command: GrantsCommand::Revoke { config, id, reason } } => cli::grants_revoke(&config, &id, &reason).await,
-        Command::Outbox { command: OutboxCommand::List { config, state, json } } => cli::outbox_list(&config, &state, json).await,
-        Command::Outbox { command: OutboxCommand::Retry { config, id } } => cli::outbox_retry(&config, &id).await,
-        Command::Audit { command: AuditCommand::Verify { config } } => cli::audit_verify(&config).await,
+        Command::Explain {
+            config,
+            connector,
+            payload,
+            json,
+        } => cli::explain(&config, &connector, &payload, json),
+        Command::Grants {
+            command:
+                GrantsCommand::List {
+                    config,
+                    state,
+                    json,
+                },
+        } => cli::grants_list(&config, state.as_deref(), json).await,
+        Command::Grants {
+            command: GrantsCommand::Revoke { config, id, reason },
+        } => cli::grants_revoke(&config, &id, &reason).await,
+        Command::Outbox {
+            command:
+                OutboxCommand::List {
+                    config,
+                    state,
+                    json,
+                },
+        } => cli::outbox_list(&config, &state, json).await,
+        Command::Outbox {
+            command: OutboxCommand::Retry { config, id },
+        } => cli::outbox_retry(&config, &id).await,
+        Command::Audit {
+            command: AuditCommand::Verify { config },
+        } => cli::audit_verify(&config).await,
     }
 }
 

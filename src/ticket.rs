@@ -66,7 +66,8 @@ impl Person {
     /// True when both sides name the same identity by id or by e-mail (case-insensitive).
     /// Display names are deliberately ignored: they are neither unique nor stable.
     pub fn same_identity(&self, other: &Person) -> bool {
-        let same_id = matches!((&self.id, &other.id), (Some(a), Some(b)) if !a.is_empty() && a == b);
+        let same_id =
+            matches!((&self.id, &other.id), (Some(a), Some(b)) if !a.is_empty() && a == b);
         let same_email = matches!((&self.email, &other.email),
             (Some(a), Some(b)) if !a.is_empty() && a.eq_ignore_ascii_case(b));
         same_id || same_email
@@ -74,7 +75,8 @@ impl Person {
 
     /// True when nothing identifies this person.
     pub fn is_anonymous(&self) -> bool {
-        self.id.as_deref().is_none_or(str::is_empty) && self.email.as_deref().is_none_or(str::is_empty)
+        self.id.as_deref().is_none_or(str::is_empty)
+            && self.email.as_deref().is_none_or(str::is_empty)
     }
 }
 

@@ -45,10 +45,14 @@ pub fn metrics_handle() -> PrometheusHandle {
         .get_or_init(|| {
             let builder = || {
                 PrometheusBuilder::new()
-                    .set_buckets(&[0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0])
+                    .set_buckets(&[
+                        0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    ])
                     .unwrap_or_else(|_| PrometheusBuilder::new())
             };
-            builder().install_recorder().unwrap_or_else(|_| builder().build_recorder().handle())
+            builder()
+                .install_recorder()
+                .unwrap_or_else(|_| builder().build_recorder().handle())
         })
         .clone()
 }
@@ -76,7 +80,11 @@ pub fn api_router(state: AdminState) -> axum::Router {
 
 fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &state.token else {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "admin_api_disabled", "no admin token is configured (set the variable named by [admin] token_env)"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_api_disabled",
+            "no admin token is configured (set the variable named by [admin] token_env)",
+        ));
     };
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -88,14 +96,22 @@ fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
     let a = Sha256::digest(given.as_bytes());
     let b = Sha256::digest(token.expose_secret().as_bytes());
     if given.is_empty() || !bool::from(a.as_slice().ct_eq(b.as_slice())) {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong admin bearer token"));
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong admin bearer token",
+        ));
     }
     Ok(())
 }
 
 fn store_error(e: StoreError) -> ApiError {
     tracing::error!(error = %e, "admin request failed in the store");
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the store could not answer; retry later")
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "the store could not answer; retry later",
+    )
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
@@ -114,21 +130,32 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     // Gauges that describe stored state are refreshed at scrape time.
     if let Ok(counts) = state.store.count_grants_by_state().await {
         for s in crate::grants::state::ALL_STATES {
-            let n = counts.iter().find(|(st, _)| *st == s).map_or(0, |(_, n)| *n);
+            let n = counts
+                .iter()
+                .find(|(st, _)| *st == s)
+                .map_or(0, |(_, n)| *n);
             metrics::gauge!("jitbridge_grants", "state" => s.as_str()).set(n as f64);
         }
     }
     let now = state.service.clock().now();
     for lane in [Lane::Provider, Lane::Writeback] {
         if let Ok(st) = state.store.outbox_stats(lane, now).await {
-            metrics::gauge!("jitbridge_outbox_pending", "lane" => lane.as_str()).set(st.pending as f64);
+            metrics::gauge!("jitbridge_outbox_pending", "lane" => lane.as_str())
+                .set(st.pending as f64);
             metrics::gauge!("jitbridge_outbox_dead", "lane" => lane.as_str()).set(st.dead as f64);
             metrics::gauge!("jitbridge_outbox_oldest_pending_age_seconds", "lane" => lane.as_str())
                 .set(st.oldest_pending_age.map_or(0.0, |d| d.as_secs_f64()));
         }
     }
     state.metrics.run_upkeep();
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,27 +165,57 @@ struct GrantQuery {
     limit: Option<u32>,
 }
 
-async fn list_grants(State(state): State<AdminState>, headers: HeaderMap, Query(q): Query<GrantQuery>) -> Result<Response, ApiError> {
+async fn list_grants(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Query(q): Query<GrantQuery>,
+) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let st = match q.state.as_deref() {
         None => None,
-        Some(s) => Some(s.parse::<GrantState>().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_state", e.to_string()))?),
+        Some(s) => Some(
+            s.parse::<GrantState>()
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_state", e.to_string()))?,
+        ),
     };
-    let filter = GrantFilter { state: st, ticket_key: q.ticket, limit: Some(q.limit.unwrap_or(500).min(5000)), ..Default::default() };
-    let grants = state.store.list_grants(&filter).await.map_err(store_error)?;
+    let filter = GrantFilter {
+        state: st,
+        ticket_key: q.ticket,
+        limit: Some(q.limit.unwrap_or(500).min(5000)),
+        ..Default::default()
+    };
+    let grants = state
+        .store
+        .list_grants(&filter)
+        .await
+        .map_err(store_error)?;
     Ok(Json(json!({"grants": grants})).into_response())
 }
 
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(id).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_id", format!("{id:?} is not a grant id (UUID)")))
+    Uuid::parse_str(id).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_id",
+            format!("{id:?} is not a grant id (UUID)"),
+        )
+    })
 }
 
-async fn get_grant(State(state): State<AdminState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_grant(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let id = parse_id(&id)?;
     match state.store.get_grant(id).await.map_err(store_error)? {
         Some(g) => Ok(Json(g).into_response()),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no grant {id}"))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no grant {id}"),
+        )),
     }
 }
 
@@ -167,21 +224,50 @@ struct RevokeBody {
     reason: String,
 }
 
-async fn revoke_grant(State(state): State<AdminState>, headers: HeaderMap, Path(id): Path<String>, body: Option<Json<RevokeBody>>) -> Result<Response, ApiError> {
+async fn revoke_grant(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<RevokeBody>>,
+) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let id = parse_id(&id)?;
     let Some(Json(body)) = body else {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "reason_required", "send a JSON body {\"reason\": \"...\"}"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "reason_required",
+            "send a JSON body {\"reason\": \"...\"}",
+        ));
     };
     if body.reason.trim().is_empty() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "reason_required", "the reason must not be empty"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "reason_required",
+            "the reason must not be empty",
+        ));
     }
-    match state.service.admin_revoke(id, body.reason.trim(), "admin").await {
+    match state
+        .service
+        .admin_revoke(id, body.reason.trim(), "admin")
+        .await
+    {
         Ok(g) => Ok((StatusCode::ACCEPTED, Json(g)).into_response()),
-        Err(ServiceError::NotFound(_)) => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no grant {id}"))),
-        Err(e @ ServiceError::Ended { .. }) => Err(ApiError::new(StatusCode::CONFLICT, "already_ended", e.to_string())),
+        Err(ServiceError::NotFound(_)) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no grant {id}"),
+        )),
+        Err(e @ ServiceError::Ended { .. }) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_ended",
+            e.to_string(),
+        )),
         Err(ServiceError::Store(e)) => Err(store_error(e)),
-        Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            e.to_string(),
+        )),
     }
 }
 
@@ -191,32 +277,71 @@ struct JobQuery {
     limit: Option<u32>,
 }
 
-async fn list_jobs(State(state): State<AdminState>, headers: HeaderMap, Query(q): Query<JobQuery>) -> Result<Response, ApiError> {
+async fn list_jobs(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Query(q): Query<JobQuery>,
+) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let st = match q.state.as_deref().unwrap_or("dead") {
         "dead" => JobState::Dead,
         "pending" => JobState::Pending,
         "done" => JobState::Done,
-        other => return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_state", format!("{other:?}: expected dead, pending or done"))),
+        other => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_state",
+                format!("{other:?}: expected dead, pending or done"),
+            ));
+        }
     };
-    let jobs = state.store.list_jobs(st, q.limit.unwrap_or(500).min(5000)).await.map_err(store_error)?;
+    let jobs = state
+        .store
+        .list_jobs(st, q.limit.unwrap_or(500).min(5000))
+        .await
+        .map_err(store_error)?;
     Ok(Json(json!({"jobs": jobs})).into_response())
 }
 
-async fn retry_job(State(state): State<AdminState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn retry_job(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let id = parse_id(&id)?;
     let now = state.service.clock().now();
-    if state.store.retry_dead_job(id, now).await.map_err(store_error)? {
-        Ok((StatusCode::ACCEPTED, Json(json!({"job": id, "status": "pending"}))).into_response())
+    if state
+        .store
+        .retry_dead_job(id, now)
+        .await
+        .map_err(store_error)?
+    {
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"job": id, "status": "pending"})),
+        )
+            .into_response())
     } else {
-        Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no dead job {id}")))
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no dead job {id}"),
+        ))
     }
 }
 
-async fn audit_verify(State(state): State<AdminState>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn audit_verify(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
-    Ok(Json(verify_audit(state.store.as_ref()).await.map_err(store_error)?).into_response())
+    Ok(Json(
+        verify_audit(state.store.as_ref())
+            .await
+            .map_err(store_error)?,
+    )
+    .into_response())
 }
 
 /// Walks the whole audit chain; `{"ok": true, "records": N}` or `{"ok": false, "error": ...}`.
@@ -229,7 +354,9 @@ pub async fn verify_audit(store: &dyn Store) -> Result<serde_json::Value, StoreE
         }
         match verify_chain(prev.clone(), &page) {
             Ok(next) => prev = next,
-            Err(e) => return Ok(json!({"ok": false, "records_checked": prev.0, "error": e.to_string()})),
+            Err(e) => {
+                return Ok(json!({"ok": false, "records_checked": prev.0, "error": e.to_string()}));
+            }
         }
     }
 }

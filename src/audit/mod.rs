@@ -57,7 +57,9 @@ pub fn chain_hash(prev_hash: &str, seq: i64, record: &NewAudit) -> String {
 pub enum ChainError {
     #[error("record {seq}: sequence gap (expected {expected}): a record was deleted or reordered")]
     Gap { seq: i64, expected: i64 },
-    #[error("record {seq}: prev_hash does not match the previous record: a record was deleted, inserted or reordered")]
+    #[error(
+        "record {seq}: prev_hash does not match the previous record: a record was deleted, inserted or reordered"
+    )]
     BrokenLink { seq: i64 },
     #[error("record {seq}: content does not match its hash: the record was edited")]
     Tampered { seq: i64 },
@@ -65,11 +67,17 @@ pub enum ChainError {
 
 /// Checks a run of consecutive records that follows `prev` (seq, hash) — the genesis for the
 /// start of the chain. Returns the last (seq, hash) to continue with the next page.
-pub fn verify_chain(prev: (i64, String), records: &[AuditRecord]) -> Result<(i64, String), ChainError> {
+pub fn verify_chain(
+    prev: (i64, String),
+    records: &[AuditRecord],
+) -> Result<(i64, String), ChainError> {
     let (mut seq, mut hash) = prev;
     for r in records {
         if r.seq != seq + 1 {
-            return Err(ChainError::Gap { seq: r.seq, expected: seq + 1 });
+            return Err(ChainError::Gap {
+                seq: r.seq,
+                expected: seq + 1,
+            });
         }
         if r.prev_hash != hash {
             return Err(ChainError::BrokenLink { seq: r.seq });
@@ -101,7 +109,12 @@ mod tests {
                     detail: serde_json::json!({"n": seq}),
                 };
                 let hash = chain_hash(&prev, seq, &record);
-                let r = AuditRecord { seq, record, prev_hash: prev.clone(), hash: hash.clone() };
+                let r = AuditRecord {
+                    seq,
+                    record,
+                    prev_hash: prev.clone(),
+                    hash: hash.clone(),
+                };
                 prev = hash;
                 r
             })
@@ -121,14 +134,20 @@ mod tests {
     fn edited_record_is_detected() {
         let mut c = chain(5);
         c[2].record.actor = Some("mallory".into());
-        assert_eq!(verify_chain(genesis(), &c), Err(ChainError::Tampered { seq: 3 }));
+        assert_eq!(
+            verify_chain(genesis(), &c),
+            Err(ChainError::Tampered { seq: 3 })
+        );
     }
 
     #[test]
     fn deleted_record_is_detected() {
         let mut c = chain(5);
         c.remove(1);
-        assert!(matches!(verify_chain(genesis(), &c), Err(ChainError::Gap { seq: 3, .. })));
+        assert!(matches!(
+            verify_chain(genesis(), &c),
+            Err(ChainError::Gap { seq: 3, .. })
+        ));
     }
 
     #[test]

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::raw::{RawConfig, RawConnector, RawProvider};
-use super::settings::{AdminSettings, Config, ConnectorSettings, ServerSettings, StoreLocation, WorkerSettings};
+use super::settings::{
+    AdminSettings, Config, ConnectorSettings, ServerSettings, StoreLocation, WorkerSettings,
+};
 use super::{Problem, Problems, SecretSource, line_of, parse_duration};
 use crate::connectors::{InboundDefaults, OutboundAuth};
 use crate::ingress::auth::InboundAuth;
@@ -28,11 +30,24 @@ pub const CONNECTOR_KINDS: &[&str] = &["jira"];
 ///
 /// `env` is the set of variables that may override keys (the process environment in
 /// production, a fixed map in tests); `secrets` resolves the `*_env` secret references.
-pub fn load(file: &Path, env: &HashMap<String, String>, secrets: &dyn SecretSource) -> Result<Config, Problems> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| Problems(vec![Problem::new(file, "", format!("cannot read the config file: {e}"))]))?;
+pub fn load(
+    file: &Path,
+    env: &HashMap<String, String>,
+    secrets: &dyn SecretSource,
+) -> Result<Config, Problems> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        Problems(vec![Problem::new(
+            file,
+            "",
+            format!("cannot read the config file: {e}"),
+        )])
+    })?;
     let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
-    let base_dir = if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir };
+    let base_dir = if base_dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base_dir
+    };
     let raw = parse_main(file, &text, env)?;
 
     let mut problems = Vec::new();
@@ -49,7 +64,14 @@ pub fn load(file: &Path, env: &HashMap<String, String>, secrets: &dyn SecretSour
         }
     }
 
-    match validate(file, &base_dir, &raw, &raw_connectors, &mapping_files, secrets) {
+    match validate(
+        file,
+        &base_dir,
+        &raw,
+        &raw_connectors,
+        &mapping_files,
+        secrets,
+    ) {
         Ok(cfg) if problems.is_empty() => Ok(cfg),
         Ok(_) => Err(Problems(problems)),
         Err(Problems(more)) => {
@@ -61,25 +83,39 @@ pub fn load(file: &Path, env: &HashMap<String, String>, secrets: &dyn SecretSour
 
 /// The process environment's `JITBRIDGE__*` variables.
 pub fn process_env() -> HashMap<String, String> {
-    std::env::vars().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect()
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect()
 }
 
 /// Reads only `jitbridge.toml` (with environment overrides): enough for the CLI to find the
 /// running daemon's admin API without needing every connector secret.
 pub fn read_main(file: &Path, env: &HashMap<String, String>) -> Result<RawConfig, Problems> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| Problems(vec![Problem::new(file, "", format!("cannot read the config file: {e}"))]))?;
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        Problems(vec![Problem::new(
+            file,
+            "",
+            format!("cannot read the config file: {e}"),
+        )])
+    })?;
     parse_main(file, &text, env)
 }
 
-fn parse_main(file: &Path, text: &str, env: &HashMap<String, String>) -> Result<RawConfig, Problems> {
+fn parse_main(
+    file: &Path,
+    text: &str,
+    env: &HashMap<String, String>,
+) -> Result<RawConfig, Problems> {
     // First the file alone, with toml's precise positions for unknown keys and bad types...
     if let Err(e) = toml::from_str::<RawConfig>(text) {
         return Err(Problems(vec![toml_problem(file, text, &e)]));
     }
     // ...then with the environment overrides layered on top.
-    let overrides: config::Map<String, String> =
-        env.iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let overrides: config::Map<String, String> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let layered = config::Config::builder()
         .add_source(config::File::from_str(text, config::FileFormat::Toml))
         .add_source(
@@ -100,11 +136,20 @@ fn parse_main(file: &Path, text: &str, env: &HashMap<String, String>) -> Result<
     })
 }
 
-fn read_dir_toml(dir: &Path, key: &str, file: &Path, problems: &mut Vec<Problem>) -> Vec<(PathBuf, String)> {
+fn read_dir_toml(
+    dir: &Path,
+    key: &str,
+    file: &Path,
+    problems: &mut Vec<Problem>,
+) -> Vec<(PathBuf, String)> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
-            problems.push(Problem::new(file, key, format!("cannot read directory {}: {e}", dir.display())));
+            problems.push(Problem::new(
+                file,
+                key,
+                format!("cannot read directory {}: {e}", dir.display()),
+            ));
             return Vec::new();
         }
     };
@@ -141,7 +186,7 @@ pub fn validate(
     secrets: &dyn SecretSource,
 ) -> Result<Config, Problems> {
     let mut problems = Vec::new();
-    let mut dur = |key: &str, text: &str, problems: &mut Vec<Problem>| -> Duration {
+    let dur = |key: &str, text: &str, problems: &mut Vec<Problem>| -> Duration {
         match parse_duration(text) {
             Ok(d) if d.is_positive() => d.unsigned_abs(),
             Ok(_) => {
@@ -156,23 +201,48 @@ pub fn validate(
     };
     let addr = |key: &str, text: &str, problems: &mut Vec<Problem>| -> Option<SocketAddr> {
         text.parse()
-            .map_err(|_| problems.push(Problem::new(file, key, format!("{text:?} is not an address like \"127.0.0.1:8080\""))))
+            .map_err(|_| {
+                problems.push(Problem::new(
+                    file,
+                    key,
+                    format!("{text:?} is not an address like \"127.0.0.1:8080\""),
+                ))
+            })
             .ok()
     };
 
     let listen = addr("server.listen", &raw.server.listen, &mut problems);
     if raw.server.max_body_bytes == 0 {
-        problems.push(Problem::new(file, "server.max_body_bytes", "must be at least 1"));
+        problems.push(Problem::new(
+            file,
+            "server.max_body_bytes",
+            "must be at least 1",
+        ));
     }
     let server = ServerSettings {
         listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
         max_body_bytes: raw.server.max_body_bytes.max(1),
-        request_timeout: dur("server.request_timeout", &raw.server.request_timeout, &mut problems),
+        request_timeout: dur(
+            "server.request_timeout",
+            &raw.server.request_timeout,
+            &mut problems,
+        ),
     };
 
-    let admin_listen = raw.admin.listen.as_deref().and_then(|a| addr("admin.listen", a, &mut problems));
-    let token = raw.admin.token_env.as_deref().and_then(|var| secrets.get(var));
-    let admin = AdminSettings { listen: admin_listen, token };
+    let admin_listen = raw
+        .admin
+        .listen
+        .as_deref()
+        .and_then(|a| addr("admin.listen", a, &mut problems));
+    let token = raw
+        .admin
+        .token_env
+        .as_deref()
+        .and_then(|var| secrets.get(var));
+    let admin = AdminSettings {
+        listen: admin_listen,
+        token,
+    };
 
     let store = match store_location(&raw.store.url, base_dir) {
         Ok(s) => s,
@@ -187,7 +257,11 @@ pub fn validate(
         apply_window: dur("workers.apply_window", &w.apply_window, &mut problems),
         retry_initial: dur("workers.retry_initial", &w.retry_initial, &mut problems),
         retry_max: dur("workers.retry_max", &w.retry_max, &mut problems),
-        revoke_retry_max: dur("workers.revoke_retry_max", &w.revoke_retry_max, &mut problems),
+        revoke_retry_max: dur(
+            "workers.revoke_retry_max",
+            &w.revoke_retry_max,
+            &mut problems,
+        ),
         revoke_alarm_after: w.revoke_alarm_after.max(1),
         writeback_max_attempts: w.writeback_max_attempts.max(1),
     };
@@ -195,8 +269,12 @@ pub fn validate(
     let mut providers: BTreeMap<String, Arc<dyn ElevationProvider>> = BTreeMap::new();
     for (name, p) in &raw.providers {
         let built: Result<Arc<dyn ElevationProvider>, Vec<Problem>> = match p {
-            RawProvider::Webhook(c) => WebhookProvider::from_config(name, c, secrets, file).map(|p| Arc::new(p) as _),
-            RawProvider::Command(c) => CommandProvider::from_config(name, c, base_dir, file).map(|p| Arc::new(p) as _),
+            RawProvider::Webhook(c) => {
+                WebhookProvider::from_config(name, c, secrets, file).map(|p| Arc::new(p) as _)
+            }
+            RawProvider::Command(c) => {
+                CommandProvider::from_config(name, c, base_dir, file).map(|p| Arc::new(p) as _)
+            }
         };
         match built {
             Ok(p) => {
@@ -210,7 +288,15 @@ pub fn validate(
     let mut seen = HashMap::new();
     for (path, c) in raw_connectors {
         if let Some(first) = seen.insert(c.id.clone(), path.clone()) {
-            problems.push(Problem::new(path, "id", format!("connector id {:?} is already used by {}", c.id, first.display())));
+            problems.push(Problem::new(
+                path,
+                "id",
+                format!(
+                    "connector id {:?} is already used by {}",
+                    c.id,
+                    first.display()
+                ),
+            ));
             continue;
         }
         if let Some(s) = validate_connector(path, c, secrets, &mut problems) {
@@ -247,12 +333,19 @@ pub fn validate(
 }
 
 fn store_location(url: &str, base_dir: &Path) -> Result<StoreLocation, String> {
-    if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
         if path.is_empty() {
             return Err("sqlite:// needs a file path, e.g. \"sqlite://data/jitbridge.db\"".into());
         }
         let path = Path::new(path);
-        Ok(StoreLocation::Sqlite(if path.is_absolute() { path.to_path_buf() } else { base_dir.join(path) }))
+        Ok(StoreLocation::Sqlite(if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            base_dir.join(path)
+        }))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(StoreLocation::Postgres(url.to_owned()))
     } else {
@@ -267,25 +360,49 @@ fn validate_connector(
     problems: &mut Vec<Problem>,
 ) -> Option<ConnectorSettings> {
     let before = problems.len();
-    if c.id.is_empty() || !c.id.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
-        problems.push(Problem::new(path, "id", "must be non-empty and use only letters, digits, '-' and '_' (it is part of the URL)"));
+    if c.id.is_empty()
+        || !c
+            .id
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+    {
+        problems.push(Problem::new(
+            path,
+            "id",
+            "must be non-empty and use only letters, digits, '-' and '_' (it is part of the URL)",
+        ));
     }
     let defaults: InboundDefaults = match c.kind.as_str() {
         "jira" => crate::connectors::jira::INBOUND_DEFAULTS,
         other => {
-            problems.push(Problem::new(path, "kind", format!("unknown connector kind {other:?}; expected one of {}", CONNECTOR_KINDS.join(", "))));
+            problems.push(Problem::new(
+                path,
+                "kind",
+                format!(
+                    "unknown connector kind {other:?}; expected one of {}",
+                    CONNECTOR_KINDS.join(", ")
+                ),
+            ));
             return None;
         }
     };
     let base_url = match reqwest::Url::parse(&c.base_url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
         _ => {
-            problems.push(Problem::new(path, "base_url", format!("{:?} is not an http(s) URL", c.base_url)));
+            problems.push(Problem::new(
+                path,
+                "base_url",
+                format!("{:?} is not an http(s) URL", c.base_url),
+            ));
             None
         }
     };
-    let inbound = InboundAuth::from_config(&c.inbound, &defaults, secrets, path).map_err(|ps| problems.extend(ps)).ok();
-    let outbound = OutboundAuth::resolve(&c.outbound, secrets).map_err(|why| problems.push(Problem::new(path, "outbound.token_env", why))).ok();
+    let inbound = InboundAuth::from_config(&c.inbound, &defaults, secrets, path)
+        .map_err(|ps| problems.extend(ps))
+        .ok();
+    let outbound = OutboundAuth::resolve(&c.outbound, secrets)
+        .map_err(|why| problems.push(Problem::new(path, "outbound.token_env", why)))
+        .ok();
     let timeout = match c.timeout.as_deref().map(parse_duration) {
         None => Duration::from_secs(10),
         Some(Ok(d)) if d.is_positive() => d.unsigned_abs(),

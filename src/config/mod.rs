@@ -9,7 +9,9 @@ pub mod settings;
 
 pub use load::{load, process_env};
 pub use secrets::{DryRunSecrets, MapSecrets, ProcessEnv, SecretSource};
-pub use settings::{AdminSettings, Config, ConnectorSettings, ServerSettings, StoreLocation, WorkerSettings};
+pub use settings::{
+    AdminSettings, Config, ConnectorSettings, ServerSettings, StoreLocation, WorkerSettings,
+};
 
 use std::path::PathBuf;
 
@@ -30,7 +32,12 @@ pub struct Problem {
 impl Problem {
     /// A problem at `key` of `file`.
     pub fn new(file: impl Into<PathBuf>, key: impl Into<String>, why: impl Into<String>) -> Self {
-        Self { file: file.into(), line: None, key: key.into(), why: why.into() }
+        Self {
+            file: file.into(),
+            line: None,
+            key: key.into(),
+            why: why.into(),
+        }
     }
 
     /// The same problem with a line number.
@@ -47,12 +54,17 @@ pub struct Problems(pub Vec<Problem>);
 
 /// Parses a humantime duration (`30s`, `60m`, `4h`, `1h 30m`) with a message fit for a [`Problem`].
 pub fn parse_duration(text: &str) -> Result<jiff::SignedDuration, String> {
-    let std = humantime::parse_duration(text.trim())
-        .map_err(|e| format!("{text:?} is not a duration ({e}); write e.g. \"30s\", \"60m\", \"4h\""))?;
+    let std = humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("{text:?} is not a duration ({e}); write e.g. \"30s\", \"60m\", \"4h\"")
+    })?;
     jiff::SignedDuration::try_from(std).map_err(|_| format!("{text:?} is too long"))
 }
 
 /// 1-based line of byte offset `at` in `text`, for error messages.
 pub fn line_of(text: &str, at: usize) -> usize {
-    text[..at.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }

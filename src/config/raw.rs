@@ -40,7 +40,11 @@ pub struct RawServer {
 
 impl Default for RawServer {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".into(), max_body_bytes: 1_048_576, request_timeout: "10s".into() }
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 1_048_576,
+            request_timeout: "10s".into(),
+        }
     }
 }
 
@@ -54,7 +58,9 @@ pub struct RawStore {
 
 impl Default for RawStore {
     fn default() -> Self {
-        Self { url: "sqlite://data/jitbridge.db".into() }
+        Self {
+            url: "sqlite://data/jitbridge.db".into(),
+        }
     }
 }
 
@@ -68,7 +74,10 @@ pub struct RawPaths {
 
 impl Default for RawPaths {
     fn default() -> Self {
-        Self { connectors: "connectors".into(), mappings: "mappings".into() }
+        Self {
+            connectors: "connectors".into(),
+            mappings: "mappings".into(),
+        }
     }
 }
 

@@ -17,7 +17,10 @@ pub struct ProcessEnv;
 
 impl SecretSource for ProcessEnv {
     fn get(&self, name: &str) -> Option<SecretString> {
-        std::env::var(name).ok().filter(|v| !v.is_empty()).map(SecretString::from)
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(SecretString::from)
     }
 }
 
@@ -28,13 +31,21 @@ pub struct MapSecrets(pub HashMap<String, String>);
 impl MapSecrets {
     /// Builds from pairs.
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        Self(pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+        Self(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        )
     }
 }
 
 impl SecretSource for MapSecrets {
     fn get(&self, name: &str) -> Option<SecretString> {
-        self.0.get(name).filter(|v| !v.is_empty()).map(|v| SecretString::from(v.clone()))
+        self.0
+            .get(name)
+            .filter(|v| !v.is_empty())
+            .map(|v| SecretString::from(v.clone()))
     }
 }
 
@@ -46,6 +57,8 @@ pub struct DryRunSecrets;
 
 impl SecretSource for DryRunSecrets {
     fn get(&self, name: &str) -> Option<SecretString> {
-        ProcessEnv.get(name).or_else(|| Some(SecretString::from("whsec_ZHJ5LXJ1bi1wbGFjZWhvbGRlcg==")))
+        ProcessEnv
+            .get(name)
+            .or_else(|| Some(SecretString::from("whsec_ZHJ5LXJ1bi1wbGFjZWhvbGRlcg==")))
     }
 }

@@ -39,7 +39,10 @@ impl std::fmt::Debug for Config {
             .field("server", &self.server)
             .field("admin", &self.admin)
             .field("store", &self.store)
-            .field("connectors", &self.connectors.iter().map(|c| &c.id).collect::<Vec<_>>())
+            .field(
+                "connectors",
+                &self.connectors.iter().map(|c| &c.id).collect::<Vec<_>>(),
+            )
             .field("providers", &self.providers.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }

@@ -80,10 +80,18 @@ pub struct Writeback {
 pub enum ConnectorError {
     /// `429`: try again after the hinted delay.
     #[error("rate limited (HTTP {status}){}: {detail}", retry_after.map(|d| format!(", retry after {}s", d.as_secs())).unwrap_or_default())]
-    RateLimited { status: u16, retry_after: Option<Duration>, detail: String },
+    RateLimited {
+        status: u16,
+        retry_after: Option<Duration>,
+        detail: String,
+    },
     /// `5xx`, connection failure or timeout: try again.
     #[error("unavailable{}: {detail}", status.map(|s| format!(" (HTTP {s})")).unwrap_or_default())]
-    Unavailable { status: Option<u16>, retry_after: Option<Duration>, detail: String },
+    Unavailable {
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+        detail: String,
+    },
     /// A permanent refusal (`4xx` other than 408/409/425/429): retrying will not help.
     #[error("rejected (HTTP {status}): {detail}")]
     Rejected { status: u16, detail: String },
@@ -95,13 +103,17 @@ pub enum ConnectorError {
 impl ConnectorError {
     /// Whether the same call may succeed later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ConnectorError::RateLimited { .. } | ConnectorError::Unavailable { .. })
+        matches!(
+            self,
+            ConnectorError::RateLimited { .. } | ConnectorError::Unavailable { .. }
+        )
     }
 
     /// The delay the system asked for, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            ConnectorError::RateLimited { retry_after, .. } | ConnectorError::Unavailable { retry_after, .. } => *retry_after,
+            ConnectorError::RateLimited { retry_after, .. }
+            | ConnectorError::Unavailable { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -158,9 +170,16 @@ pub enum OutboundConfig {
 /// Resolved outbound credentials. Debug output never shows the secret.
 #[derive(Clone)]
 pub enum OutboundAuth {
-    Basic { username: String, password: secrecy::SecretString },
-    Bearer { token: secrecy::SecretString },
-    ApiKey { key: secrecy::SecretString },
+    Basic {
+        username: String,
+        password: secrecy::SecretString,
+    },
+    Bearer {
+        token: secrecy::SecretString,
+    },
+    ApiKey {
+        key: secrecy::SecretString,
+    },
 }
 
 impl std::fmt::Debug for OutboundAuth {
@@ -175,18 +194,31 @@ impl std::fmt::Debug for OutboundAuth {
 
 impl OutboundAuth {
     /// Resolves the secret named by `cfg`, or explains which variable is missing.
-    pub fn resolve(cfg: &OutboundConfig, secrets: &dyn crate::config::SecretSource) -> Result<Self, String> {
+    pub fn resolve(
+        cfg: &OutboundConfig,
+        secrets: &dyn crate::config::SecretSource,
+    ) -> Result<Self, String> {
         let need = |var: &str| {
-            secrets
-                .get(var)
-                .ok_or_else(|| format!("environment variable {var} is not set (it must hold the outbound credential)"))
+            secrets.get(var).ok_or_else(|| {
+                format!(
+                    "environment variable {var} is not set (it must hold the outbound credential)"
+                )
+            })
         };
         Ok(match cfg {
-            OutboundConfig::Basic { username, token_env } => {
-                OutboundAuth::Basic { username: username.clone(), password: need(token_env)? }
-            }
-            OutboundConfig::Bearer { token_env } => OutboundAuth::Bearer { token: need(token_env)? },
-            OutboundConfig::ApiKey { token_env } => OutboundAuth::ApiKey { key: need(token_env)? },
+            OutboundConfig::Basic {
+                username,
+                token_env,
+            } => OutboundAuth::Basic {
+                username: username.clone(),
+                password: need(token_env)?,
+            },
+            OutboundConfig::Bearer { token_env } => OutboundAuth::Bearer {
+                token: need(token_env)?,
+            },
+            OutboundConfig::ApiKey { token_env } => OutboundAuth::ApiKey {
+                key: need(token_env)?,
+            },
         })
     }
 
@@ -194,7 +226,9 @@ impl OutboundAuth {
     pub fn apply(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         use secrecy::ExposeSecret;
         match self {
-            OutboundAuth::Basic { username, password } => rb.basic_auth(username, Some(password.expose_secret())),
+            OutboundAuth::Basic { username, password } => {
+                rb.basic_auth(username, Some(password.expose_secret()))
+            }
             OutboundAuth::Bearer { token } => rb.bearer_auth(token.expose_secret()),
             OutboundAuth::ApiKey { key } => rb.basic_auth(key.expose_secret(), Some("X")),
         }
@@ -236,7 +270,11 @@ impl Registry {
                 };
                 (
                     s.id.clone(),
-                    Registered { connector, inbound: s.inbound.clone(), confirm_approvals: s.confirm_approvals },
+                    Registered {
+                        connector,
+                        inbound: s.inbound.clone(),
+                        confirm_approvals: s.confirm_approvals,
+                    },
                 )
             })
             .collect();

@@ -29,7 +29,10 @@ pub enum ServiceError {
     Store(#[from] StoreError),
     /// The ITSM could not confirm the approval right now; the delivery is retried.
     #[error("could not confirm the approval with connector {connector}: {source}")]
-    Confirm { connector: String, source: ConnectorError },
+    Confirm {
+        connector: String,
+        source: ConnectorError,
+    },
     /// No such grant.
     #[error("grant {0} not found")]
     NotFound(Uuid),
@@ -100,7 +103,12 @@ pub struct GrantService {
 
 /// Who did something, as recorded in the audit.
 fn who(p: Option<&Person>) -> Option<String> {
-    p.and_then(|p| p.email.clone().or_else(|| p.id.clone()).or_else(|| p.name.clone()))
+    p.and_then(|p| {
+        p.email
+            .clone()
+            .or_else(|| p.id.clone())
+            .or_else(|| p.name.clone())
+    })
 }
 
 impl GrantService {
@@ -113,7 +121,14 @@ impl GrantService {
         wakers: Wakers,
         settings: ServiceSettings,
     ) -> Self {
-        Self { store, clock, mappings, connectors, wakers, settings }
+        Self {
+            store,
+            clock,
+            mappings,
+            connectors,
+            wakers,
+            settings,
+        }
     }
 
     /// The store this service commits to.
@@ -133,13 +148,20 @@ impl GrantService {
             if evaluation.matched != Ok(true) {
                 continue;
             }
-            let Some(mapping) = self.mappings.get(&evaluation.mapping) else { continue };
+            let Some(mapping) = self.mappings.get(&evaluation.mapping) else {
+                continue;
+            };
             // A conflict means another worker changed the grant between our read and our commit:
             // decide again on fresh state (bounded, so a livelock cannot hide).
             let mut attempt = 0;
             let outcome = loop {
-                match self.handle_for_mapping(event, mapping, evaluation.trigger).await {
-                    Err(ServiceError::Store(StoreError::Conflict(_))) if attempt < 3 => attempt += 1,
+                match self
+                    .handle_for_mapping(event, mapping, evaluation.trigger)
+                    .await
+                {
+                    Err(ServiceError::Store(StoreError::Conflict(_))) if attempt < 3 => {
+                        attempt += 1
+                    }
                     other => break other?,
                 }
             };
@@ -155,71 +177,167 @@ impl GrantService {
         trigger: Option<Trigger>,
     ) -> Result<Outcome, ServiceError> {
         let connector = &event.connector;
-        let live = self.store.live_grant(connector, &event.ticket.id, mapping.name()).await?;
+        let live = self
+            .store
+            .live_grant(connector, &event.ticket.id, mapping.name())
+            .await?;
         let latest = match &live {
             Some(_) => None,
-            None => self.store.latest_grant(connector, &event.ticket.id, mapping.name()).await?,
+            None => {
+                self.store
+                    .latest_grant(connector, &event.ticket.id, mapping.name())
+                    .await?
+            }
         };
         // Out-of-order or replayed events never undo a newer state.
         let newest_seen = live.as_ref().or(latest.as_ref()).map(|g| g.last_event_at);
         if let Some(seen) = newest_seen
             && event.occurred_at < seen
         {
-            return self.ignore(event, mapping, live.as_ref().or(latest.as_ref()), "stale: older than the last change applied to this grant").await;
+            return self
+                .ignore(
+                    event,
+                    mapping,
+                    live.as_ref().or(latest.as_ref()),
+                    "stale: older than the last change applied to this grant",
+                )
+                .await;
         }
         if let (None, Some(ended)) = (&live, &latest)
             && event.occurred_at == ended.last_event_at
         {
-            return self.ignore(event, mapping, Some(ended), "replay of the event that ended the previous grant").await;
+            return self
+                .ignore(
+                    event,
+                    mapping,
+                    Some(ended),
+                    "replay of the event that ended the previous grant",
+                )
+                .await;
         }
 
         match trigger {
             None => match live {
-                None if event.kind == EventKind::Created || latest.is_none() => self.request(event, mapping).await,
-                Some(g) => self.touch(g, event).await.map(|_| Outcome::Ignored("no trigger; grant unchanged".into())),
-                None => self.ignore(event, mapping, latest.as_ref(), "no trigger and no live grant").await,
+                None if event.kind == EventKind::Created || latest.is_none() => {
+                    self.request(event, mapping).await
+                }
+                Some(g) => {
+                    self.ignore(
+                        event,
+                        mapping,
+                        Some(&g),
+                        "no trigger; the grant is unchanged",
+                    )
+                    .await
+                }
+                None => {
+                    self.ignore(
+                        event,
+                        mapping,
+                        latest.as_ref(),
+                        "no trigger and no live grant",
+                    )
+                    .await
+                }
             },
             Some(Trigger::Approve) => self.approve(event, mapping, live).await,
             Some(Trigger::Deny) => match live {
                 Some(g) if g.state == GrantState::Requested => {
-                    let reason = format!("declined in the ticket by {}", who(event.actor.as_ref()).unwrap_or_else(|| "an approver".into()));
+                    let reason = format!(
+                        "declined in the ticket by {}",
+                        who(event.actor.as_ref()).unwrap_or_else(|| "an approver".into())
+                    );
                     self.deny(event, mapping, g, reason, None).await
                 }
                 // A decision withdrawn after approval: never leave the privilege in place.
-                Some(g) => self.end_early(g, "the approval was declined after it had been granted".into(), who(event.actor.as_ref()), Some(event)).await.map(|g| Outcome::Ending(g.id)),
+                Some(g) => self
+                    .end_early(
+                        g,
+                        "the approval was declined after it had been granted".into(),
+                        who(event.actor.as_ref()),
+                        Some(event),
+                    )
+                    .await
+                    .map(|g| Outcome::Ending(g.id)),
                 None => {
-                    let reason = format!("declined in the ticket by {}", who(event.actor.as_ref()).unwrap_or_else(|| "an approver".into()));
+                    let reason = format!(
+                        "declined in the ticket by {}",
+                        who(event.actor.as_ref()).unwrap_or_else(|| "an approver".into())
+                    );
                     match self.new_grant(event, mapping) {
                         Ok(g) => self.deny(event, mapping, g, reason, None).await,
-                        Err(why) => self.ignore(event, mapping, None, &format!("declined, and no grant could be described: {why}")).await,
+                        Err(why) => {
+                            self.ignore(
+                                event,
+                                mapping,
+                                None,
+                                &format!("declined, and no grant could be described: {why}"),
+                            )
+                            .await
+                        }
                     }
                 }
             },
             Some(Trigger::Revoke) => match live {
                 Some(g) if g.state == GrantState::Requested => {
-                    let g = self.transition(g, GrantEvent::Cancel, TransitionInput::by_event(event, "the ticket was closed before approval")).await?;
+                    let g = self
+                        .transition(
+                            g,
+                            GrantEvent::Cancel,
+                            TransitionInput::by_event(
+                                event,
+                                "the ticket was closed before approval",
+                            ),
+                        )
+                        .await?;
                     Ok(Outcome::Cancelled(g.id))
                 }
                 Some(g) => {
-                    let reason = format!("the ticket reached status {}", event.ticket.status.clone().unwrap_or_default());
-                    self.end_early(g, reason, who(event.actor.as_ref()), Some(event)).await.map(|g| Outcome::Ending(g.id))
+                    let reason = format!(
+                        "the ticket reached status {}",
+                        event.ticket.status.clone().unwrap_or_default()
+                    );
+                    self.end_early(g, reason, who(event.actor.as_ref()), Some(event))
+                        .await
+                        .map(|g| Outcome::Ending(g.id))
                 }
-                None => self.ignore(event, mapping, latest.as_ref(), "no live grant to end").await,
+                None => {
+                    self.ignore(event, mapping, latest.as_ref(), "no live grant to end")
+                        .await
+                }
             },
         }
     }
 
     /// Records a new grant in `requested`.
-    async fn request(&self, event: &TicketEvent, mapping: &Mapping) -> Result<Outcome, ServiceError> {
+    async fn request(
+        &self,
+        event: &TicketEvent,
+        mapping: &Mapping,
+    ) -> Result<Outcome, ServiceError> {
         let grant = match self.new_grant(event, mapping) {
             Ok(g) => g,
-            Err(why) => return self.ignore(event, mapping, None, &format!("matched, but the grant cannot be described: {why}")).await,
+            Err(why) => {
+                return self
+                    .ignore(
+                        event,
+                        mapping,
+                        None,
+                        &format!("matched, but the grant cannot be described: {why}"),
+                    )
+                    .await;
+            }
         };
         let mut rows = Rows::default();
-        rows.audit.push(self.audit_for(&grant, "grant.requested", who(event.actor.as_ref()), json!({
-            "event": event.kind.as_str(), "subject": grant.subject, "target": grant.target,
-            "scope": grant.scope, "duration_secs": grant.duration.as_secs(),
-        })));
+        rows.audit.push(self.audit_for(
+            &grant,
+            "grant.requested",
+            who(event.actor.as_ref()),
+            json!({
+                "event": event.kind.as_str(), "subject": grant.subject, "target": grant.target,
+                "scope": grant.scope, "duration_secs": grant.duration.as_secs(),
+            }),
+        ));
         rows.jobs.extend(self.writebacks(mapping, &grant, None));
         let id = grant.id;
         self.commit(grant, None, rows, None).await?;
@@ -227,19 +345,43 @@ impl GrantService {
     }
 
     /// The approval path: confirm with the ITSM, check policy, then approve or deny.
-    async fn approve(&self, event: &TicketEvent, mapping: &Mapping, live: Option<Grant>) -> Result<Outcome, ServiceError> {
+    async fn approve(
+        &self,
+        event: &TicketEvent,
+        mapping: &Mapping,
+        live: Option<Grant>,
+    ) -> Result<Outcome, ServiceError> {
         if let Some(g) = &live
             && g.state != GrantState::Requested
         {
-            return self.ignore(event, mapping, Some(g), &format!("already {}", g.state)).await;
+            return self
+                .ignore(event, mapping, Some(g), &format!("already {}", g.state))
+                .await;
         }
         let spec = match mapping.render_grant(event) {
             Ok(s) => s,
             Err(e) => {
                 let why = e.to_string();
                 return match live {
-                    Some(g) => self.deny(event, mapping, g, format!("the request cannot be turned into a grant: {why}"), None).await,
-                    None => self.ignore(event, mapping, None, &format!("approved, but the grant cannot be described: {why}")).await,
+                    Some(g) => {
+                        self.deny(
+                            event,
+                            mapping,
+                            g,
+                            format!("the request cannot be turned into a grant: {why}"),
+                            None,
+                        )
+                        .await
+                    }
+                    None => {
+                        self.ignore(
+                            event,
+                            mapping,
+                            None,
+                            &format!("approved, but the grant cannot be described: {why}"),
+                        )
+                        .await
+                    }
                 };
             }
         };
@@ -267,8 +409,15 @@ impl GrantService {
             .and_then(|c| c.approval.as_ref())
             .map(|a| a.approvers.clone())
             .unwrap_or_default();
-        let approvers = if confirmed_approvers.is_empty() { event.actor.iter().cloned().collect() } else { confirmed_approvers };
-        let requester = confirmation.as_ref().and_then(|c| c.requester.clone()).or_else(|| event.requester.clone());
+        let approvers = if confirmed_approvers.is_empty() {
+            event.actor.iter().cloned().collect()
+        } else {
+            confirmed_approvers
+        };
+        let requester = confirmation
+            .as_ref()
+            .and_then(|c| c.requester.clone())
+            .or_else(|| event.requester.clone());
 
         let mut grant = match live {
             Some(g) => g,
@@ -279,18 +428,33 @@ impl GrantService {
         grant.requester = requester.clone();
         grant.approvers = approvers.clone();
 
-        let verdict = crate::policy::check(
-            mapping.policy(),
-            &PolicyInput { requester: requester.as_ref(), approvers: &approvers, subject: &spec.subject, target: &spec.target, duration: spec.duration },
+        let verdict = mapping.check_policy(
+            event,
+            &PolicyInput {
+                requester: requester.as_ref(),
+                approvers: &approvers,
+                subject: &spec.subject,
+                target: &spec.target,
+                duration: spec.duration,
+            },
         );
         if !verdict.allowed() {
-            let reason = verdict.refusal().unwrap_or_else(|| "refused by policy".into());
-            return self.deny(event, mapping, grant, reason, Some(&verdict)).await;
+            let reason = verdict
+                .refusal()
+                .unwrap_or_else(|| "refused by policy".into());
+            return self
+                .deny(event, mapping, grant, reason, Some(&verdict))
+                .await;
         }
 
         let mut rows = Rows::default();
         if expected.is_none() {
-            rows.audit.push(self.audit_for(&grant, "grant.requested", who(event.requester.as_ref()), json!({"event": event.kind.as_str()})));
+            rows.audit.push(self.audit_for(
+                &grant,
+                "grant.requested",
+                who(event.requester.as_ref()),
+                json!({"event": event.kind.as_str()}),
+            ));
         }
         let input = TransitionInput {
             actor: who(approvers.first()),
@@ -301,13 +465,17 @@ impl GrantService {
                 "policy": verdict_json(&verdict), "requested_duration_secs": spec.requested.as_secs(), "capped": spec.capped,
             }),
         };
-        let grant = self.step_and_commit(grant, expected, GrantEvent::Approve, input, rows, None).await?;
+        let grant = self
+            .step_and_commit(grant, expected, GrantEvent::Approve, input, rows, None)
+            .await?;
         metrics::counter!("jitbridge_grants_approved_total", "connector" => event.connector.clone()).increment(1);
         Ok(Outcome::Approved(grant.id))
     }
 
     async fn confirm(&self, event: &TicketEvent) -> Result<Option<Confirmation>, ServiceError> {
-        let Some(reg) = self.connectors.get(&event.connector) else { return Ok(None) };
+        let Some(reg) = self.connectors.get(&event.connector) else {
+            return Ok(None);
+        };
         if !reg.confirm_approvals {
             return Ok(None);
         }
@@ -315,14 +483,29 @@ impl GrantService {
             .confirm(&event.ticket_ref())
             .await
             .map(Some)
-            .map_err(|source| ServiceError::Confirm { connector: event.connector.clone(), source })
+            .map_err(|source| ServiceError::Confirm {
+                connector: event.connector.clone(),
+                source,
+            })
     }
 
-    async fn deny(&self, event: &TicketEvent, mapping: &Mapping, grant: Grant, reason: String, verdict: Option<&Verdict>) -> Result<Outcome, ServiceError> {
+    async fn deny(
+        &self,
+        event: &TicketEvent,
+        mapping: &Mapping,
+        grant: Grant,
+        reason: String,
+        verdict: Option<&Verdict>,
+    ) -> Result<Outcome, ServiceError> {
         let expected = (grant.version > 0).then_some(grant.version);
         let mut rows = Rows::default();
         if expected.is_none() {
-            rows.audit.push(self.audit_for(&grant, "grant.requested", who(event.requester.as_ref()), json!({"event": event.kind.as_str()})));
+            rows.audit.push(self.audit_for(
+                &grant,
+                "grant.requested",
+                who(event.requester.as_ref()),
+                json!({"event": event.kind.as_str()}),
+            ));
         }
         let input = TransitionInput {
             actor: who(event.actor.as_ref()),
@@ -330,88 +513,155 @@ impl GrantService {
             occurred_at: Some(event.occurred_at),
             detail: json!({"policy": verdict.map(verdict_json), "mapping": mapping.name()}),
         };
-        let grant = self.step_and_commit(grant, expected, GrantEvent::Deny, input, rows, None).await?;
-        metrics::counter!("jitbridge_grants_denied_total", "connector" => event.connector.clone()).increment(1);
+        let grant = self
+            .step_and_commit(grant, expected, GrantEvent::Deny, input, rows, None)
+            .await?;
+        metrics::counter!("jitbridge_grants_denied_total", "connector" => event.connector.clone())
+            .increment(1);
         Ok(Outcome::Denied(grant.id, reason))
     }
 
     /// Starts an early revoke (ticket resolved, decision withdrawn, admin).
-    async fn end_early(&self, grant: Grant, reason: String, actor: Option<String>, event: Option<&TicketEvent>) -> Result<Grant, ServiceError> {
+    async fn end_early(
+        &self,
+        grant: Grant,
+        reason: String,
+        actor: Option<String>,
+        event: Option<&TicketEvent>,
+    ) -> Result<Grant, ServiceError> {
         match grant.state {
             GrantState::Expiring | GrantState::Revoking | GrantState::RevokeFailed => Ok(grant),
             GrantState::Requested => {
-                let input = TransitionInput { actor, reason: Some(reason), occurred_at: event.map(|e| e.occurred_at), detail: json!({}) };
+                let input = TransitionInput {
+                    actor,
+                    reason: Some(reason),
+                    occurred_at: event.map(|e| e.occurred_at),
+                    detail: json!({}),
+                };
                 self.transition(grant, GrantEvent::Cancel, input).await
             }
-            s if s.is_terminal() => Err(ServiceError::Ended { id: grant.id, state: s }),
+            s if s.is_terminal() => Err(ServiceError::Ended {
+                id: grant.id,
+                state: s,
+            }),
             _ => {
-                let input = TransitionInput { actor, reason: Some(reason), occurred_at: event.map(|e| e.occurred_at), detail: json!({}) };
+                let input = TransitionInput {
+                    actor,
+                    reason: Some(reason),
+                    occurred_at: event.map(|e| e.occurred_at),
+                    detail: json!({}),
+                };
                 self.transition(grant, GrantEvent::EndEarly, input).await
             }
         }
     }
 
     /// An admin's revoke (`POST /api/v1/grants/{id}/revoke`, `jitbridge grants revoke`).
-    pub async fn admin_revoke(&self, id: Uuid, reason: &str, actor: &str) -> Result<Grant, ServiceError> {
+    pub async fn admin_revoke(
+        &self,
+        id: Uuid,
+        reason: &str,
+        actor: &str,
+    ) -> Result<Grant, ServiceError> {
         for _ in 0..3 {
-            let grant = self.store.get_grant(id).await?.ok_or(ServiceError::NotFound(id))?;
-            match self.end_early(grant, format!("revoked by an administrator: {reason}"), Some(actor.to_owned()), None).await {
+            let grant = self
+                .store
+                .get_grant(id)
+                .await?
+                .ok_or(ServiceError::NotFound(id))?;
+            match self
+                .end_early(
+                    grant,
+                    format!("revoked by an administrator: {reason}"),
+                    Some(actor.to_owned()),
+                    None,
+                )
+                .await
+            {
                 Err(ServiceError::Store(StoreError::Conflict(_))) => continue,
                 other => return other,
             }
         }
-        Err(ServiceError::Store(StoreError::Conflict(format!("grant {id} kept changing; try again"))))
+        Err(ServiceError::Store(StoreError::Conflict(format!(
+            "grant {id} kept changing; try again"
+        ))))
     }
 
     /// The provider confirmed the apply: the grant is active.
     pub async fn provider_applied(&self, grant: Grant, job: Uuid) -> Result<Grant, ServiceError> {
         let input = TransitionInput::system(None, json!({"provider": grant.provider}));
-        let g = self.step_and_commit_simple(grant, GrantEvent::ProviderApplied, input, Some(job)).await?;
+        let g = self
+            .step_and_commit_simple(grant, GrantEvent::ProviderApplied, input, Some(job))
+            .await?;
         self.wakers.scheduler.notify_one();
         Ok(g)
     }
 
     /// The provider kept failing past the apply window.
-    pub async fn provider_failed(&self, grant: Grant, job: Uuid, reason: String) -> Result<Grant, ServiceError> {
+    pub async fn provider_failed(
+        &self,
+        grant: Grant,
+        job: Uuid,
+        reason: String,
+    ) -> Result<Grant, ServiceError> {
         let input = TransitionInput::system(Some(reason), json!({"provider": grant.provider}));
-        self.step_and_commit_simple(grant, GrantEvent::ProviderFailed, input, Some(job)).await
+        self.step_and_commit_simple(grant, GrantEvent::ProviderFailed, input, Some(job))
+            .await
     }
 
     /// The deadline passed: start the revoke.
     pub async fn deadline(&self, grant: Grant) -> Result<Grant, ServiceError> {
-        let input = TransitionInput::system(Some("the granted time is over".into()), json!({"expires_at": grant.expires_at}));
-        self.step_and_commit_simple(grant, GrantEvent::Deadline, input, None).await
+        let input = TransitionInput::system(
+            Some("the granted time is over".into()),
+            json!({"expires_at": grant.expires_at}),
+        );
+        self.step_and_commit_simple(grant, GrantEvent::Deadline, input, None)
+            .await
     }
 
     /// The provider confirmed the revoke: the grant has ended.
     pub async fn revoke_succeeded(&self, grant: Grant, job: Uuid) -> Result<Grant, ServiceError> {
         let now = self.clock.now();
         let lateness = grant.expires_at.map(|e| now.duration_since(e));
-        let input = TransitionInput::system(grant.reason.clone(), json!({"provider": grant.provider, "lateness_ms": lateness.map(|l| l.as_millis())}));
+        let input = TransitionInput::system(
+            grant.reason.clone(),
+            json!({"provider": grant.provider, "lateness_ms": lateness.map(|l| l.as_millis())}),
+        );
         let cause = grant.revoke_cause;
-        let g = self.step_and_commit_simple(grant, GrantEvent::RevokeSucceeded, input, Some(job)).await?;
+        let g = self
+            .step_and_commit_simple(grant, GrantEvent::RevokeSucceeded, input, Some(job))
+            .await?;
         if cause == Some(RevokeCause::Deadline)
             && let Some(l) = lateness
         {
-            metrics::histogram!("jitbridge_expiry_lateness_seconds").record(l.as_secs_f64().max(0.0));
+            metrics::histogram!("jitbridge_expiry_lateness_seconds")
+                .record(l.as_secs_f64().max(0.0));
         }
         Ok(g)
     }
 
     /// The revoke failed too often: raise the alarm (state, audit, ticket comment) and keep trying.
-    pub async fn revoke_exhausted(&self, grant: Grant, attempts: i32, error: &str) -> Result<Grant, ServiceError> {
+    pub async fn revoke_exhausted(
+        &self,
+        grant: Grant,
+        attempts: i32,
+        error: &str,
+    ) -> Result<Grant, ServiceError> {
         let input = TransitionInput::system(
             grant.reason.clone(),
             json!({"provider": grant.provider, "attempts": attempts, "last_error": error}),
         );
-        self.step_and_commit_simple(grant, GrantEvent::RevokeExhausted, input, None).await
+        self.step_and_commit_simple(grant, GrantEvent::RevokeExhausted, input, None)
+            .await
     }
 
-    async fn touch(&self, _grant: Grant, _event: &TicketEvent) -> Result<(), ServiceError> {
-        Ok(())
-    }
-
-    async fn ignore(&self, event: &TicketEvent, mapping: &Mapping, grant: Option<&Grant>, why: &str) -> Result<Outcome, ServiceError> {
+    async fn ignore(
+        &self,
+        event: &TicketEvent,
+        mapping: &Mapping,
+        grant: Option<&Grant>,
+        why: &str,
+    ) -> Result<Outcome, ServiceError> {
         let record = NewAudit {
             at: self.clock.now(),
             kind: "event.ignored".into(),
@@ -461,13 +711,25 @@ impl GrantService {
         g
     }
 
-    async fn transition(&self, grant: Grant, event: GrantEvent, input: TransitionInput) -> Result<Grant, ServiceError> {
+    async fn transition(
+        &self,
+        grant: Grant,
+        event: GrantEvent,
+        input: TransitionInput,
+    ) -> Result<Grant, ServiceError> {
         self.step_and_commit_simple(grant, event, input, None).await
     }
 
-    async fn step_and_commit_simple(&self, grant: Grant, event: GrantEvent, input: TransitionInput, complete_job: Option<Uuid>) -> Result<Grant, ServiceError> {
+    async fn step_and_commit_simple(
+        &self,
+        grant: Grant,
+        event: GrantEvent,
+        input: TransitionInput,
+        complete_job: Option<Uuid>,
+    ) -> Result<Grant, ServiceError> {
         let expected = Some(grant.version);
-        self.step_and_commit(grant, expected, event, input, Rows::default(), complete_job).await
+        self.step_and_commit(grant, expected, event, input, Rows::default(), complete_job)
+            .await
     }
 
     /// Applies one state-machine step to `grant` and commits it with its audit record, the
@@ -496,18 +758,24 @@ impl GrantService {
                 grant.approved_at = Some(now);
                 // The deadline is fixed at approval: a slow apply shortens the grant, never extends it.
                 grant.expires_at = now.checked_add(grant.duration).ok();
-                rows.jobs.push(provider_job(&grant, ProviderAction::Apply, now));
+                rows.jobs
+                    .push(provider_job(&grant, ProviderAction::Apply, now));
             }
             GrantEvent::ProviderApplied => grant.starts_at = Some(now),
             // The endpoint may have applied it after all (a lost answer): clean up with a revoke.
-            GrantEvent::ProviderFailed => rows.jobs.push(provider_job(&grant, ProviderAction::Revoke, now)),
+            GrantEvent::ProviderFailed => {
+                rows.jobs
+                    .push(provider_job(&grant, ProviderAction::Revoke, now))
+            }
             GrantEvent::Deadline => {
                 grant.revoke_cause = Some(RevokeCause::Deadline);
-                rows.jobs.push(provider_job(&grant, ProviderAction::Revoke, now));
+                rows.jobs
+                    .push(provider_job(&grant, ProviderAction::Revoke, now));
             }
             GrantEvent::EndEarly | GrantEvent::Cancel if next == GrantState::Revoking => {
                 grant.revoke_cause = Some(RevokeCause::Early);
-                rows.jobs.push(provider_job(&grant, ProviderAction::Revoke, now));
+                rows.jobs
+                    .push(provider_job(&grant, ProviderAction::Revoke, now));
             }
             _ => {}
         }
@@ -519,7 +787,8 @@ impl GrantService {
             "from": from, "to": next, "event": event, "reason": input.reason, "detail": input.detail,
         })));
         if let Some(mapping) = self.mappings.get(&grant.mapping) {
-            rows.jobs.extend(self.writebacks(mapping, &grant, input.reason.as_deref()));
+            rows.jobs
+                .extend(self.writebacks(mapping, &grant, input.reason.as_deref()));
         }
         let saved = grant.clone();
         self.commit(grant, expected, rows, complete_job).await?;
@@ -528,15 +797,32 @@ impl GrantService {
         Ok(saved)
     }
 
-    async fn commit(&self, grant: Grant, expected: Option<i64>, rows: Rows, complete_job: Option<Uuid>) -> Result<(), ServiceError> {
+    async fn commit(
+        &self,
+        grant: Grant,
+        expected: Option<i64>,
+        rows: Rows,
+        complete_job: Option<Uuid>,
+    ) -> Result<(), ServiceError> {
         let (has_provider, has_writeback) = rows.jobs.iter().fold((false, false), |(p, w), j| {
-            (p || j.lane == crate::store::Lane::Provider, w || j.lane == crate::store::Lane::Writeback)
+            (
+                p || j.lane == crate::store::Lane::Provider,
+                w || j.lane == crate::store::Lane::Writeback,
+            )
         });
         let mut grant = grant;
         if expected.is_none() && grant.version == 0 {
             grant.version = 1;
         }
-        self.store.commit(Commit { grant, expected_version: expected, audit: rows.audit, jobs: rows.jobs, complete_job }).await?;
+        self.store
+            .commit(Commit {
+                grant,
+                expected_version: expected,
+                audit: rows.audit,
+                jobs: rows.jobs,
+                complete_job,
+            })
+            .await?;
         if has_provider {
             self.wakers.provider.notify_one();
         }
@@ -546,7 +832,13 @@ impl GrantService {
         Ok(())
     }
 
-    fn audit_for(&self, grant: &Grant, kind: &str, actor: Option<String>, detail: serde_json::Value) -> NewAudit {
+    fn audit_for(
+        &self,
+        grant: &Grant,
+        kind: &str,
+        actor: Option<String>,
+        detail: serde_json::Value,
+    ) -> NewAudit {
         NewAudit {
             at: self.clock.now(),
             kind: kind.to_owned(),
@@ -583,11 +875,19 @@ impl GrantService {
         let now = self.clock.now();
         let mut jobs = Vec::new();
         if let Some(text) = texts.comment.filter(|t| !t.trim().is_empty()) {
-            let wb = Writeback { ticket: grant.ticket.clone(), action: WritebackAction::Comment { text }, marker: format!("jitbridge:{}:{}:comment", grant.id, grant.state) };
+            let wb = Writeback {
+                ticket: grant.ticket.clone(),
+                action: WritebackAction::Comment { text },
+                marker: format!("jitbridge:{}:{}:comment", grant.id, grant.state),
+            };
             jobs.push(writeback_job(&wb, now));
         }
         if let Some(name) = texts.status.filter(|t| !t.trim().is_empty()) {
-            let wb = Writeback { ticket: grant.ticket.clone(), action: WritebackAction::Status { name }, marker: format!("jitbridge:{}:{}:status", grant.id, grant.state) };
+            let wb = Writeback {
+                ticket: grant.ticket.clone(),
+                action: WritebackAction::Status { name },
+                marker: format!("jitbridge:{}:{}:status", grant.id, grant.state),
+            };
             jobs.push(writeback_job(&wb, now));
         }
         jobs
@@ -601,7 +901,9 @@ impl GrantService {
     /// The moment after which a pending apply of `grant` is given up.
     pub fn apply_deadline(&self, grant: &Grant) -> Timestamp {
         let from = grant.approved_at.unwrap_or(grant.requested_at);
-        let window_end = from.checked_add(self.settings.apply_window).unwrap_or(Timestamp::MAX);
+        let window_end = from
+            .checked_add(self.settings.apply_window)
+            .unwrap_or(Timestamp::MAX);
         // Never keep trying to apply a grant whose own deadline has passed.
         grant.expires_at.map_or(window_end, |e| e.min(window_end))
     }
@@ -624,11 +926,21 @@ struct TransitionInput {
 
 impl TransitionInput {
     fn system(reason: Option<String>, detail: serde_json::Value) -> Self {
-        Self { actor: Some("system".into()), reason, occurred_at: None, detail }
+        Self {
+            actor: Some("system".into()),
+            reason,
+            occurred_at: None,
+            detail,
+        }
     }
 
     fn by_event(event: &TicketEvent, reason: &str) -> Self {
-        Self { actor: who(event.actor.as_ref()), reason: Some(reason.into()), occurred_at: Some(event.occurred_at), detail: json!({"event": event.kind.as_str()}) }
+        Self {
+            actor: who(event.actor.as_ref()),
+            reason: Some(reason.into()),
+            occurred_at: Some(event.occurred_at),
+            detail: json!({"event": event.kind.as_str()}),
+        }
     }
 }
 
@@ -641,23 +953,38 @@ fn apply_spec(g: &mut Grant, spec: &GrantSpec) {
 }
 
 fn verdict_json(v: &Verdict) -> serde_json::Value {
-    json!(v.checks.iter().map(|c| json!({"rule": c.rule, "passed": c.passed, "detail": c.detail})).collect::<Vec<_>>())
+    json!(
+        v.checks
+            .iter()
+            .map(|c| json!({"rule": c.rule, "passed": c.passed, "detail": c.detail}))
+            .collect::<Vec<_>>()
+    )
 }
 
 /// Why the ITSM's own record does not back the approval the event claims, if it does not.
 /// Pure: the webhook is a trigger, the API is the truth.
-pub fn unconfirmed(mapping: &Mapping, event: &TicketEvent, confirmation: Option<&Confirmation>) -> Option<String> {
+pub fn unconfirmed(
+    mapping: &Mapping,
+    event: &TicketEvent,
+    confirmation: Option<&Confirmation>,
+) -> Option<String> {
     let c = confirmation?;
     if let Some(approval) = &c.approval
         && approval.state != "approved"
     {
-        return Some(format!("the ticket's approval is {} in {}, not approved", approval.state, event.connector));
+        return Some(format!(
+            "the ticket's approval is {} in {}, not approved",
+            approval.state, event.connector
+        ));
     }
     if let Some(status) = &c.status
-        && mapping.has_approve_statuses()
+        && mapping.approves_by_status()
         && !mapping.approves_status(status)
     {
-        return Some(format!("the ticket's status is {status:?} in {}, which is not an approval status", event.connector));
+        return Some(format!(
+            "the ticket's status is {status:?} in {}, which is not an approval status",
+            event.connector
+        ));
     }
     None
 }

@@ -109,7 +109,9 @@ impl std::str::FromStr for GrantState {
 
 /// A state name that is not one of [`ALL_STATES`].
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("unknown grant state {0:?} (expected one of requested, approved, active, expiring, revoking, revoke_failed, expired, revoked, denied, failed, cancelled)")]
+#[error(
+    "unknown grant state {0:?} (expected one of requested, approved, active, expiring, revoking, revoke_failed, expired, revoked, denied, failed, cancelled)"
+)]
 pub struct UnknownState(pub String);
 
 /// Why a revoke is happening: decides whether a successful revoke ends in `expired` or `revoked`.
@@ -209,7 +211,12 @@ mod tests {
     #[test]
     fn happy_path_ends_expired() {
         let mut s = GrantState::Requested;
-        for e in [GrantEvent::Approve, GrantEvent::ProviderApplied, GrantEvent::Deadline, GrantEvent::RevokeSucceeded] {
+        for e in [
+            GrantEvent::Approve,
+            GrantEvent::ProviderApplied,
+            GrantEvent::Deadline,
+            GrantEvent::RevokeSucceeded,
+        ] {
             s = next_state(s, e, Some(RevokeCause::Deadline)).unwrap();
         }
         assert_eq!(s, GrantState::Expired);
@@ -220,7 +227,10 @@ mod tests {
         let s = next_state(GrantState::Active, GrantEvent::EndEarly, None).unwrap();
         let s = next_state(s, GrantEvent::RevokeExhausted, None).unwrap();
         assert_eq!(s, GrantState::RevokeFailed);
-        assert_eq!(next_state(s, GrantEvent::RevokeSucceeded, Some(RevokeCause::Early)).unwrap(), GrantState::Revoked);
+        assert_eq!(
+            next_state(s, GrantEvent::RevokeSucceeded, Some(RevokeCause::Early)).unwrap(),
+            GrantState::Revoked
+        );
     }
 
     #[test]

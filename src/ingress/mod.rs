@@ -54,33 +54,59 @@ async fn receive(
 ) -> Response {
     let Some(reg) = state.connectors.get(&connector_id) else {
         count("unknown", "unknown_connector");
-        return ApiError::new(StatusCode::NOT_FOUND, "unknown_connector", format!("no connector with id {connector_id:?}")).into_response();
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_connector",
+            format!("no connector with id {connector_id:?}"),
+        )
+        .into_response();
     };
     let body = match body {
         Ok(b) => b,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             count(&connector_id, "too_large");
-            return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the body exceeds server.max_body_bytes").into_response();
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the body exceeds server.max_body_bytes",
+            )
+            .into_response();
         }
         Err(rejection) => {
             count(&connector_id, "bad_request");
-            return ApiError::new(StatusCode::BAD_REQUEST, "bad_request", rejection.body_text()).into_response();
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                rejection.body_text(),
+            )
+            .into_response();
         }
     };
-    let verified = match Inbound::<Unverified>::new(headers, body).verify(&reg.inbound, state.clock.now()) {
+    let verified = match Inbound::<Unverified>::new(headers, body)
+        .verify(&reg.inbound, state.clock.now())
+    {
         Ok(v) => v,
         Err(e) => {
             count(&connector_id, "unauthorized");
             tracing::warn!(connector = %connector_id, error = %e, "delivery rejected: authentication failed");
-            return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()).into_response();
+            return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+                .into_response();
         }
     };
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(verified.body()) {
         count(&connector_id, "bad_request");
-        return ApiError::new(StatusCode::BAD_REQUEST, "unparseable_body", format!("the body is not JSON: {e}")).into_response();
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unparseable_body",
+            format!("the body is not JSON: {e}"),
+        )
+        .into_response();
     }
     let headers = verified.storable_headers(&reg.inbound);
-    let raw = RawDelivery { headers, body: verified.into_body().to_vec() };
+    let raw = RawDelivery {
+        headers,
+        body: verified.into_body().to_vec(),
+    };
     let dedupe_key = reg.connector.dedupe_key(&raw);
     let delivery = NewDelivery {
         id: Uuid::now_v7(),
@@ -94,16 +120,29 @@ async fn receive(
         Ok(InsertOutcome::Accepted(id)) => {
             count(&connector_id, "accepted");
             state.inbox_wake.notify_one();
-            (StatusCode::ACCEPTED, Json(json!({"delivery": id.to_string(), "status": "accepted"}))).into_response()
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({"delivery": id.to_string(), "status": "accepted"})),
+            )
+                .into_response()
         }
         Ok(InsertOutcome::Duplicate(id)) => {
             count(&connector_id, "duplicate");
-            (StatusCode::OK, Json(json!({"delivery": id.to_string(), "status": "duplicate"}))).into_response()
+            (
+                StatusCode::OK,
+                Json(json!({"delivery": id.to_string(), "status": "duplicate"})),
+            )
+                .into_response()
         }
         Err(e) => {
             count(&connector_id, "store_error");
             tracing::error!(connector = %connector_id, error = %e, "delivery could not be committed; answering 503 so the sender retries");
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the delivery could not be stored; retry later").into_response()
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the delivery could not be stored; retry later",
+            )
+            .into_response()
         }
     }
 }

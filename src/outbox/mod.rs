@@ -27,7 +27,11 @@ pub struct ProviderJob {
 
 /// The job that applies or revokes `grant` at its provider. Jobs of one grant run in order.
 pub fn provider_job(grant: &Grant, action: ProviderAction, now: Timestamp) -> NewJob {
-    let payload = ProviderJob { grant_id: grant.id, action, provider: grant.provider.clone() };
+    let payload = ProviderJob {
+        grant_id: grant.id,
+        action,
+        provider: grant.provider.clone(),
+    };
     NewJob {
         id: Uuid::now_v7(),
         lane: Lane::Provider,
@@ -52,10 +56,13 @@ pub fn writeback_job(wb: &Writeback, now: Timestamp) -> NewJob {
 /// capped at `max`, with up to 20% jitter derived from `salt` (so retries of many jobs spread
 /// out without a random-number generator, and tests stay deterministic).
 pub fn backoff(attempts: i32, initial: Duration, max: Duration, salt: u128) -> Duration {
-    let exp = u32::try_from(attempts.saturating_sub(1)).unwrap_or(0).min(30);
+    let exp = u32::try_from(attempts.saturating_sub(1))
+        .unwrap_or(0)
+        .min(30);
     let base = initial.saturating_mul(1u32 << exp).min(max);
     let jitter_permille = (salt % 200) as u32; // 0..=199 ‰
-    base.saturating_sub(base.mul_f64(f64::from(jitter_permille) / 1000.0)).max(Duration::from_millis(1))
+    base.saturating_sub(base.mul_f64(f64::from(jitter_permille) / 1000.0))
+        .max(Duration::from_millis(1))
 }
 
 /// The next attempt time: the backoff, or the system's own `Retry-After` if that is later.

@@ -37,15 +37,30 @@ pub struct ProviderWorker {
 
 impl ProviderWorker {
     /// A worker that calls `providers` on behalf of `service`.
-    pub fn new(service: GrantService, providers: BTreeMap<String, Arc<dyn ElevationProvider>>, settings: WorkerSettings, wake: Arc<Notify>) -> Self {
-        Self { service, providers, settings, wake, id: format!("provider-{}", uuid::Uuid::now_v7().simple()) }
+    pub fn new(
+        service: GrantService,
+        providers: BTreeMap<String, Arc<dyn ElevationProvider>>,
+        settings: WorkerSettings,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            service,
+            providers,
+            settings,
+            wake,
+            id: format!("provider-{}", uuid::Uuid::now_v7().simple()),
+        }
     }
 
     /// Runs until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
             let now = self.service.clock().now();
-            let claimed = self.service.store().claim_jobs(Lane::Provider, &self.id, now, LEASE, BATCH).await;
+            let claimed = self
+                .service
+                .store()
+                .claim_jobs(Lane::Provider, &self.id, now, LEASE, BATCH)
+                .await;
             let jobs = match claimed {
                 Ok(j) => j,
                 Err(e) => {
@@ -88,12 +103,20 @@ impl ProviderWorker {
         let payload: ProviderJob = match serde_json::from_value(job.payload.clone()) {
             Ok(p) => p,
             Err(e) => {
-                store.dead_letter_job(job.id, job.attempts, &format!("unreadable provider job: {e}")).await?;
+                store
+                    .dead_letter_job(
+                        job.id,
+                        job.attempts,
+                        &format!("unreadable provider job: {e}"),
+                    )
+                    .await?;
                 return Ok(());
             }
         };
         let Some(grant) = store.get_grant(payload.grant_id).await? else {
-            store.dead_letter_job(job.id, job.attempts, "grant not found").await?;
+            store
+                .dead_letter_job(job.id, job.attempts, "grant not found")
+                .await?;
             return Ok(());
         };
         match payload.action {
@@ -102,7 +125,11 @@ impl ProviderWorker {
         }
     }
 
-    async fn apply(&self, job: &Job, grant: Grant) -> Result<(), crate::grants::service::ServiceError> {
+    async fn apply(
+        &self,
+        job: &Job,
+        grant: Grant,
+    ) -> Result<(), crate::grants::service::ServiceError> {
         let store = self.service.store();
         if grant.state != GrantState::Approved {
             // Ended (or already applied) before this job ran: nothing to apply.
@@ -134,26 +161,46 @@ impl ProviderWorker {
                 metrics::counter!("jitbridge_provider_calls_total", "provider" => grant.provider.clone(), "action" => "apply", "outcome" => "error").increment(1);
                 let attempts = job.attempts + 1;
                 let now = self.service.clock().now();
-                let delay = backoff(attempts, self.settings.retry_initial, self.settings.retry_max, job.id.as_u128());
+                let delay = backoff(
+                    attempts,
+                    self.settings.retry_initial,
+                    self.settings.retry_max,
+                    job.id.as_u128(),
+                );
                 let next = next_attempt(now, delay, None).min(give_up_at);
                 tracing::warn!(grant = %grant.id, provider = %grant.provider, attempts, error = %e, "apply failed; will retry");
-                store.reschedule_job(job.id, attempts, next, &e.to_string()).await?;
+                store
+                    .reschedule_job(job.id, attempts, next, &e.to_string())
+                    .await?;
             }
         }
         Ok(())
     }
 
-    async fn revoke(&self, job: &Job, grant: Grant) -> Result<(), crate::grants::service::ServiceError> {
+    async fn revoke(
+        &self,
+        job: &Job,
+        grant: Grant,
+    ) -> Result<(), crate::grants::service::ServiceError> {
         let store = self.service.store();
-        let ending = matches!(grant.state, GrantState::Expiring | GrantState::Revoking | GrantState::RevokeFailed);
+        let ending = matches!(
+            grant.state,
+            GrantState::Expiring | GrantState::Revoking | GrantState::RevokeFailed
+        );
         // A failed apply is cleaned up with a revoke too: the endpoint may have applied it late.
         if !ending && grant.state != GrantState::Failed {
             store.complete_job(job.id).await?;
             return Ok(());
         }
         let result = match self.providers.get(&grant.provider) {
-            Some(p) => p.revoke(&call_for(&grant, ProviderAction::Revoke)).await.map_err(|e| e.to_string()),
-            None => Err(format!("provider {:?} is not configured; restore it so the revoke can run", grant.provider)),
+            Some(p) => p
+                .revoke(&call_for(&grant, ProviderAction::Revoke))
+                .await
+                .map_err(|e| e.to_string()),
+            None => Err(format!(
+                "provider {:?} is not configured; restore it so the revoke can run",
+                grant.provider
+            )),
         };
         match result {
             Ok(()) => {
@@ -171,11 +218,23 @@ impl ProviderWorker {
                 tracing::error!(grant = %grant.id, subject = %grant.subject, target = %grant.target, provider = %grant.provider, attempts, %error,
                     "REVOKE FAILED: the privilege may still be held; retrying");
                 let now = self.service.clock().now();
-                let delay = backoff(attempts, self.settings.retry_initial, self.settings.revoke_retry_max, job.id.as_u128());
-                if ending && grant.state != GrantState::RevokeFailed && attempts >= self.settings.revoke_alarm_after as i32 {
-                    self.service.revoke_exhausted(grant, attempts, &error).await?;
+                let delay = backoff(
+                    attempts,
+                    self.settings.retry_initial,
+                    self.settings.revoke_retry_max,
+                    job.id.as_u128(),
+                );
+                if ending
+                    && grant.state != GrantState::RevokeFailed
+                    && attempts >= self.settings.revoke_alarm_after as i32
+                {
+                    self.service
+                        .revoke_exhausted(grant, attempts, &error)
+                        .await?;
                 }
-                store.reschedule_job(job.id, attempts, next_attempt(now, delay, None), &error).await?;
+                store
+                    .reschedule_job(job.id, attempts, next_attempt(now, delay, None), &error)
+                    .await?;
             }
         }
         Ok(())

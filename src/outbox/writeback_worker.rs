@@ -35,7 +35,13 @@ pub struct WritebackWorker {
 
 impl WritebackWorker {
     /// A worker delivering through `connectors`.
-    pub fn new(store: Arc<dyn Store>, clock: SharedClock, connectors: Registry, settings: WorkerSettings, wake: Arc<Notify>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: SharedClock,
+        connectors: Registry,
+        settings: WorkerSettings,
+        wake: Arc<Notify>,
+    ) -> Self {
         Self {
             store,
             clock,
@@ -51,7 +57,11 @@ impl WritebackWorker {
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
             let now = self.clock.now();
-            let jobs = match self.store.claim_jobs(Lane::Writeback, &self.id, now, LEASE, BATCH).await {
+            let jobs = match self
+                .store
+                .claim_jobs(Lane::Writeback, &self.id, now, LEASE, BATCH)
+                .await
+            {
                 Ok(j) => j,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot claim writeback jobs; retrying");
@@ -82,42 +92,83 @@ impl WritebackWorker {
     async fn try_handle(&self, job: &Job) -> Result<(), StoreError> {
         let wb: Writeback = match serde_json::from_value(job.payload.clone()) {
             Ok(w) => w,
-            Err(e) => return self.store.dead_letter_job(job.id, job.attempts, &format!("unreadable writeback job: {e}")).await,
+            Err(e) => {
+                return self
+                    .store
+                    .dead_letter_job(
+                        job.id,
+                        job.attempts,
+                        &format!("unreadable writeback job: {e}"),
+                    )
+                    .await;
+            }
         };
         let connector_id = wb.ticket.connector.clone();
         let Some(reg) = self.connectors.get(&connector_id) else {
-            return self.store.dead_letter_job(job.id, job.attempts, &format!("connector {connector_id:?} is not configured")).await;
+            return self
+                .store
+                .dead_letter_job(
+                    job.id,
+                    job.attempts,
+                    &format!("connector {connector_id:?} is not configured"),
+                )
+                .await;
         };
         let now = self.clock.now();
         if let Some(until) = self.paused_until.lock().await.get(&connector_id).copied()
             && until > now
         {
             // Not an attempt: the system asked us to wait.
-            return self.store.reschedule_job(job.id, job.attempts, until, job.last_error.as_deref().unwrap_or("waiting for the rate limit to reset")).await;
+            return self
+                .store
+                .reschedule_job(
+                    job.id,
+                    job.attempts,
+                    until,
+                    job.last_error
+                        .as_deref()
+                        .unwrap_or("waiting for the rate limit to reset"),
+                )
+                .await;
         }
         match reg.connector.write_back(&wb).await {
             Ok(()) => {
                 metrics::counter!("jitbridge_writebacks_total", "connector" => connector_id, "outcome" => "ok").increment(1);
                 self.store.complete_job(job.id).await
             }
-            Err(e) if e.is_retryable() && job.attempts + 1 < self.settings.writeback_max_attempts as i32 => {
+            Err(e)
+                if e.is_retryable()
+                    && job.attempts + 1 < self.settings.writeback_max_attempts as i32 =>
+            {
                 let attempts = job.attempts + 1;
                 let now = self.clock.now();
-                let delay = backoff(attempts, self.settings.retry_initial, self.settings.retry_max, job.id.as_u128());
+                let delay = backoff(
+                    attempts,
+                    self.settings.retry_initial,
+                    self.settings.retry_max,
+                    job.id.as_u128(),
+                );
                 let next = next_attempt(now, delay, e.retry_after());
                 if let Some(ra) = e.retry_after() {
                     let until = next_attempt(now, Duration::ZERO, Some(ra));
-                    self.paused_until.lock().await.insert(connector_id.clone(), until);
+                    self.paused_until
+                        .lock()
+                        .await
+                        .insert(connector_id.clone(), until);
                 }
                 metrics::counter!("jitbridge_writebacks_total", "connector" => connector_id.clone(), "outcome" => "retry").increment(1);
                 tracing::warn!(connector = %connector_id, ticket = %wb.ticket.key, attempts, error = %e, next = %next, "writeback failed; will retry");
-                self.store.reschedule_job(job.id, attempts, next, &e.to_string()).await
+                self.store
+                    .reschedule_job(job.id, attempts, next, &e.to_string())
+                    .await
             }
             Err(e) => {
                 metrics::counter!("jitbridge_writebacks_total", "connector" => connector_id.clone(), "outcome" => "dead").increment(1);
                 tracing::error!(connector = %connector_id, ticket = %wb.ticket.key, error = %e, job = %job.id,
                     "writeback failed permanently; parked as dead letter (retry with `jitbridge outbox retry`)");
-                self.store.dead_letter_job(job.id, job.attempts + 1, &e.to_string()).await
+                self.store
+                    .dead_letter_job(job.id, job.attempts + 1, &e.to_string())
+                    .await
             }
         }
     }

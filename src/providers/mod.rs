@@ -44,10 +44,14 @@ pub fn call_for(grant: &Grant, action: ProviderAction) -> ProviderCall {
     let fmt_ts = |t: Option<jiff::Timestamp>| t.map(|t| t.to_string());
     ProviderCall {
         action,
-        webhook_id: format!("msg_{}_{}", grant.id.simple(), match action {
-            ProviderAction::Apply => "apply",
-            ProviderAction::Revoke => "revoke",
-        }),
+        webhook_id: format!(
+            "msg_{}_{}",
+            grant.id.simple(),
+            match action {
+                ProviderAction::Apply => "apply",
+                ProviderAction::Revoke => "revoke",
+            }
+        ),
         body: serde_json::json!({
             "type": action.event_type(),
             "grant": {

@@ -60,7 +60,9 @@ impl Scheduler {
                     Ok(_) => {}
                     // Changed under us (e.g. revoked early at the same moment): the next pass re-reads.
                     Err(ServiceError::Store(StoreError::Conflict(_))) => {}
-                    Err(e) => tracing::error!(grant = %id, error = %e, "cannot start the deadline revoke"),
+                    Err(e) => {
+                        tracing::error!(grant = %id, error = %e, "cannot start the deadline revoke")
+                    }
                 }
             }
             if (n as u32) < BATCH {

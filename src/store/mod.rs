@@ -217,16 +217,31 @@ pub trait Store: Send + Sync + 'static {
     /// Marks a delivery processed or rejected (releases the lease for good).
     async fn finish_delivery(&self, id: Uuid, outcome: DeliveryOutcome) -> Result<(), StoreError>;
     /// Releases a delivery to be tried again at `not_before` (e.g. ITSM API down).
-    async fn retry_delivery(&self, id: Uuid, not_before: Timestamp, error: &str) -> Result<(), StoreError>;
+    async fn retry_delivery(
+        &self,
+        id: Uuid,
+        not_before: Timestamp,
+        error: &str,
+    ) -> Result<(), StoreError>;
 
     // ---- grants ----
     /// Applies one transition atomically (see [`Commit`]).
     async fn commit(&self, c: Commit) -> Result<(), StoreError>;
     async fn get_grant(&self, id: Uuid) -> Result<Option<Grant>, StoreError>;
     /// The non-terminal grant for (connector, ticket id, mapping), if any.
-    async fn live_grant(&self, connector: &str, ticket_id: &str, mapping: &str) -> Result<Option<Grant>, StoreError>;
+    async fn live_grant(
+        &self,
+        connector: &str,
+        ticket_id: &str,
+        mapping: &str,
+    ) -> Result<Option<Grant>, StoreError>;
     /// The newest grant (any state) for (connector, ticket id, mapping), to recognize replays.
-    async fn latest_grant(&self, connector: &str, ticket_id: &str, mapping: &str) -> Result<Option<Grant>, StoreError>;
+    async fn latest_grant(
+        &self,
+        connector: &str,
+        ticket_id: &str,
+        mapping: &str,
+    ) -> Result<Option<Grant>, StoreError>;
     /// Grants, newest first.
     async fn list_grants(&self, filter: &GrantFilter) -> Result<Vec<Grant>, StoreError>;
     async fn count_grants_by_state(&self) -> Result<Vec<(GrantState, i64)>, StoreError>;
@@ -249,9 +264,16 @@ pub trait Store: Send + Sync + 'static {
     /// Marks a job done.
     async fn complete_job(&self, id: Uuid) -> Result<(), StoreError>;
     /// Records a failed attempt and the next try (the durable retry schedule).
-    async fn reschedule_job(&self, id: Uuid, attempts: i32, next_at: Timestamp, error: &str) -> Result<(), StoreError>;
+    async fn reschedule_job(
+        &self,
+        id: Uuid,
+        attempts: i32,
+        next_at: Timestamp,
+        error: &str,
+    ) -> Result<(), StoreError>;
     /// Parks a permanently failing job.
-    async fn dead_letter_job(&self, id: Uuid, attempts: i32, error: &str) -> Result<(), StoreError>;
+    async fn dead_letter_job(&self, id: Uuid, attempts: i32, error: &str)
+    -> Result<(), StoreError>;
     /// Puts a dead job back in the queue (admin action).
     async fn retry_dead_job(&self, id: Uuid, now: Timestamp) -> Result<bool, StoreError>;
     /// Jobs in a state (newest first), for the admin API and CLI.

@@ -430,6 +430,29 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn release_stale_leases(&self) -> Result<u64, StoreError> {
+        // Only the holder of the `.lock` file gets here, so no other process can own a lease.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error)?;
+        let deliveries = sqlx::query("UPDATE deliveries SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by IS NOT NULL")
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        let jobs = sqlx::query(
+            "UPDATE jobs SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by IS NOT NULL",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        tx.commit().await.map_err(db_error)?;
+        Ok(deliveries + jobs)
+    }
+
     // ---- inbox ----
 
     async fn insert_delivery(&self, d: NewDelivery) -> Result<InsertOutcome, StoreError> {
