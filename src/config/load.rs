@@ -304,9 +304,11 @@ pub fn validate(
         }
     }
 
+    // Names declared in files count as known even when their own validation failed, so one
+    // missing secret is reported once, not again as an "unknown connector" in every mapping.
     let known = Known {
-        connectors: connectors.iter().map(|c| c.id.clone()).collect(),
-        providers: providers.keys().cloned().collect(),
+        connectors: raw_connectors.iter().map(|(_, c)| c.id.clone()).collect(),
+        providers: raw.providers.keys().cloned().collect(),
     };
     let mappings = match MappingSet::from_files(mapping_files, &known) {
         Ok(m) => m,

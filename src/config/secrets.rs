@@ -57,8 +57,10 @@ pub struct DryRunSecrets;
 
 impl SecretSource for DryRunSecrets {
     fn get(&self, name: &str) -> Option<SecretString> {
-        ProcessEnv
-            .get(name)
-            .or_else(|| Some(SecretString::from("whsec_ZHJ5LXJ1bi1wbGFjZWhvbGRlcg==")))
+        ProcessEnv.get(name).or_else(|| {
+            Some(SecretString::from(
+                "whsec_ZHJ5LXJ1bi1wbGFjZWhvbGRlci1rZXktbm90LWEtc2VjcmV0",
+            ))
+        })
     }
 }

@@ -1,0 +1,138 @@
+//! The command line: `check` reports precise problems, `explain` is a dry run.
+
+use std::process::Command;
+
+use crate::harness::Harness;
+
+fn jitbridge() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_jitbridge"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    c
+}
+
+#[test]
+fn check_accepts_the_shipped_configuration_with_its_secrets_set() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = jitbridge()
+        .current_dir(root)
+        .args(["check"])
+        .env("JIRA_WEBHOOK_SECRET", "x")
+        .env("JIRA_API_TOKEN", "x")
+        .env(
+            "ELEVATION_WEBHOOK_SECRET",
+            "whsec_ZGV2LW9ubHktZWxldmF0aW9uLXNlY3JldA==",
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
+}
+
+#[test]
+fn check_names_the_missing_secret_variable_and_fails() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = jitbridge()
+        .current_dir(root)
+        .args(["check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("connectors/jira.toml: inbound.secret_env")
+            && err.contains("JIRA_WEBHOOK_SECRET"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("unknown connector"),
+        "one missing secret must not cascade: {err}"
+    );
+}
+
+#[test]
+fn check_reports_file_line_key_and_why_for_a_typo() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("connectors")).unwrap();
+    std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
+    std::fs::write(
+        dir.path().join("jitbridge.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_byte = 10\n",
+    )
+    .unwrap();
+    let out = jitbridge()
+        .current_dir(dir.path())
+        .args(["check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("jitbridge.toml:3") && err.contains("max_body_byte"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn explain_shows_mapping_policy_decision_and_writebacks_without_writing_anything() {
+    let h = Harness::start().await;
+    let payload = h.dir.path().join("approval.json");
+    std::fs::write(
+        &payload,
+        serde_json::json!({
+            "timestamp": 1741941697640u64, "webhookEvent": "jira:issue_updated",
+            "user": {"accountId": "u-alice", "emailAddress": "alice@example.com"},
+            "issue": {"id": "10234", "key": "ACCESS-87", "fields": {
+                "issuetype": {"name": "Elevation Request"}, "status": {"name": "Approved"},
+                "reporter": {"accountId": "u-alice", "emailAddress": "alice@example.com"},
+                "customfield_10050": {"value": "Local admin"}, "customfield_10060": "WS-0001", "customfield_10070": "9h"}},
+            "changelog": {"items": [{"field": "status", "fromString": "Waiting for approval", "toString": "Approved"}]}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let config = h.config_path.to_str().unwrap().to_owned();
+    let out = jitbridge()
+        .args([
+            "explain",
+            "--config",
+            &config,
+            "--connector",
+            "jira",
+            "--payload",
+            payload.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let x: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m = &x["events"][0]["mappings"][0];
+    assert_eq!(m["matched"], true);
+    assert_eq!(m["trigger"], "approve");
+    assert_eq!(
+        m["grant"]["capped_at_max_duration"], true,
+        "9h asked, 4h max: {m}"
+    );
+    assert!(
+        m["decision"].as_str().unwrap().starts_with("deny"),
+        "self-approval is denied: {m}"
+    );
+    assert!(
+        m["writebacks"][0]["comment"]
+            .as_str()
+            .unwrap()
+            .contains("Elevation refused"),
+        "{m}"
+    );
+    // Dry run: the daemon's store saw nothing of it.
+    assert!(h.store().audit_records(0, 10).await.unwrap().is_empty());
+}

@@ -1,0 +1,335 @@
+//! Starts a Jira simulator, an elevation receiver and the daemon (with its own SQLite store in a
+//! temporary directory) wired to each other, and offers the waits and looks tests need.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jitbridge::app::Running;
+use jitbridge::config::MapSecrets;
+use jitbridge::grants::{Grant, GrantState};
+use jitbridge::store::{GrantFilter, Store};
+use jitbridge_sim::jira::{JiraSim, JiraSimConfig, NewIssue, users};
+use jitbridge_sim::receiver::ElevationReceiver;
+use serde_json::json;
+
+pub const WEBHOOK_SECRET: &str = "test-jira-webhook-secret";
+pub const ELEVATION_SECRET: &str = "whsec_dGVzdC1lbGV2YXRpb24tc2VjcmV0LWtleQ==";
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// Everything one scenario needs.
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub jira: JiraSim,
+    pub receiver: ElevationReceiver,
+    pub daemon: Option<Running>,
+    pub http: reqwest::Client,
+    pub config_path: PathBuf,
+}
+
+/// Knobs of the generated configuration.
+#[derive(Clone)]
+pub struct Options {
+    /// Extra lines for `[workers]`.
+    pub workers: String,
+    /// The mapping file.
+    pub mapping: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            workers: "retry_initial = \"100ms\"\nretry_max = \"1s\"\nrevoke_retry_max = \"500ms\"\nrevoke_alarm_after = 3\napply_window = \"30s\"\n".into(),
+            mapping: MAPPING.into(),
+        }
+    }
+}
+
+/// The DESIGN.md mapping, with writebacks for every state the tests look at and the simulator's
+/// status names ("Done" is its resolved status).
+pub const MAPPING: &str = r#"
+[[mapping]]
+name = "helpdesk-local-admin"
+connector = "jira"
+when = 'ticket.type == "Elevation Request" && fields.customfield_10050.value == "Local admin"'
+
+[mapping.grant]
+subject  = "{{ requester.email }}"
+target   = "{{ fields.customfield_10060 }}"
+scope    = "local-admin"
+duration = "{{ fields.customfield_10070 | default('60m') }}"
+max_duration = "4h"
+provider = "endpoint-agent"
+
+[mapping.on]
+approve = { status = ["Approved"] }
+deny    = { status = ["Declined"] }
+revoke  = { status = ["Done", "Cancelled"] }
+
+[mapping.policy]
+distinct_approver = true
+requesters = ["*@example.com"]
+targets = ["WS-*", "LT-*"]
+
+[mapping.writeback]
+active  = { comment = "Local admin granted to {{ grant.subject }} on {{ grant.target }} until {{ grant.expires_at }}.", status = "In Progress" }
+expired = { comment = "Local admin on {{ grant.target }} expired and was revoked.", status = "Done" }
+revoked = { comment = "Local admin on {{ grant.target }} revoked: {{ reason }}." }
+denied  = { comment = "Elevation refused: {{ reason }}." }
+failed  = { comment = "Elevation could not be applied: {{ reason }}." }
+cancelled = { comment = "Request cancelled before approval." }
+revoke_failed = { comment = "ALERT: revoking local admin on {{ grant.target }} keeps failing; retrying." }
+"#;
+
+impl Harness {
+    /// Simulators plus a running daemon with the default options.
+    pub async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    /// Simulators plus a running daemon.
+    pub async fn start_with(opts: Options) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let jira = JiraSim::start(JiraSimConfig::default())
+            .await
+            .expect("jira sim");
+        let receiver = ElevationReceiver::start(ELEVATION_SECRET)
+            .await
+            .expect("receiver");
+        std::fs::create_dir_all(dir.path().join("connectors")).expect("mkdir");
+        std::fs::create_dir_all(dir.path().join("mappings")).expect("mkdir");
+        let config_path = dir.path().join("jitbridge.toml");
+        std::fs::write(
+            &config_path,
+            format!(
+                r#"
+[server]
+listen = "127.0.0.1:0"
+max_body_bytes = 65536
+
+[store]
+url = "sqlite://data/jitbridge.db"
+
+[admin]
+token_env = "TEST_ADMIN_TOKEN"
+
+[providers.endpoint-agent]
+kind = "webhook"
+url = "{receiver}"
+secret_env = "ELEVATION_WEBHOOK_SECRET"
+timeout = "2s"
+
+[workers]
+{workers}
+"#,
+                receiver = receiver.url(),
+                workers = opts.workers
+            ),
+        )
+        .expect("write config");
+        std::fs::write(
+            dir.path().join("connectors/jira.toml"),
+            format!(
+                r#"
+id = "jira"
+kind = "jira"
+base_url = "{base}"
+timeout = "2s"
+
+[inbound]
+auth = "hmac-sha256"
+secret_env = "JIRA_WEBHOOK_SECRET"
+
+[outbound]
+auth = "basic"
+username = "{user}"
+token_env = "JIRA_API_TOKEN"
+"#,
+                base = jira.base_url(),
+                user = users::API_EMAIL
+            ),
+        )
+        .expect("write connector");
+        std::fs::write(dir.path().join("mappings/local-admin.toml"), &opts.mapping)
+            .expect("write mapping");
+        let mut h = Self {
+            dir,
+            jira,
+            receiver,
+            daemon: None,
+            http: reqwest::Client::new(),
+            config_path,
+        };
+        h.start_daemon().await;
+        h
+    }
+
+    /// The secrets the test daemon resolves (no process environment is touched).
+    pub fn secrets() -> MapSecrets {
+        MapSecrets::from_pairs([
+            ("JIRA_WEBHOOK_SECRET", WEBHOOK_SECRET),
+            ("JIRA_API_TOKEN", users::API_TOKEN),
+            ("ELEVATION_WEBHOOK_SECRET", ELEVATION_SECRET),
+            ("TEST_ADMIN_TOKEN", ADMIN_TOKEN),
+        ])
+    }
+
+    /// Starts (or restarts) the daemon on the same store and points the simulator's webhook at it.
+    pub async fn start_daemon(&mut self) {
+        let config = jitbridge::config::load(&self.config_path, &HashMap::new(), &Self::secrets())
+            .expect("valid test config");
+        let running = jitbridge::app::start(config, Arc::new(jitbridge::clock::SystemClock))
+            .await
+            .expect("daemon starts");
+        self.jira.clear_webhooks().await;
+        self.jira
+            .add_webhook(
+                &format!("http://{}/webhooks/jira", running.webhook_addr),
+                Some(WEBHOOK_SECRET),
+            )
+            .await;
+        self.daemon = Some(running);
+    }
+
+    /// Stops the daemon (as SIGTERM would).
+    pub async fn stop_daemon(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.stop().await;
+        }
+    }
+
+    pub fn daemon(&self) -> &Running {
+        self.daemon.as_ref().expect("daemon running")
+    }
+
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.daemon().service.store().clone()
+    }
+
+    pub fn webhook_url(&self) -> String {
+        format!("http://{}/webhooks/jira", self.daemon().webhook_addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.daemon().admin_addr)
+    }
+
+    /// Raises an elevation request as `reporter`, approvable by `approvers`.
+    pub async fn raise(
+        &self,
+        reporter: &str,
+        target: &str,
+        duration: &str,
+        approvers: &[&str],
+    ) -> String {
+        let issue = NewIssue::new(reporter, "Need local admin to install a driver")
+            .field(
+                "customfield_10050",
+                json!({"value": "Local admin", "id": "10100"}),
+            )
+            .field("customfield_10060", json!(target))
+            .field("customfield_10070", json!(duration))
+            .approval(jitbridge_sim::jira::model::ApprovalSpec::any_of(approvers));
+        self.jira
+            .create_issue(issue)
+            .await
+            .expect("issue created")
+            .key
+    }
+
+    /// All grants of a ticket, newest first.
+    pub async fn grants(&self, key: &str) -> Vec<Grant> {
+        self.store()
+            .list_grants(&GrantFilter {
+                ticket_key: Some(key.to_owned()),
+                ..Default::default()
+            })
+            .await
+            .expect("list grants")
+    }
+
+    /// Waits until the ticket's newest grant is in `state`.
+    pub async fn wait_state(&self, key: &str, state: GrantState) -> Grant {
+        let found = eventually(Duration::from_secs(15), || async {
+            self.grants(key)
+                .await
+                .into_iter()
+                .next()
+                .filter(|g| g.state == state)
+        })
+        .await;
+        match found {
+            Some(g) => g,
+            None => {
+                let last = self.grants(key).await.into_iter().next().map(|g| g.state);
+                panic!("{key}: grant never reached {state}; last state {last:?}")
+            }
+        }
+    }
+
+    /// The ticket's comments as plain text.
+    pub async fn comments(&self, key: &str) -> Vec<String> {
+        self.jira
+            .comments(key)
+            .await
+            .expect("comments")
+            .into_iter()
+            .map(|c| c.text)
+            .collect()
+    }
+
+    /// Waits until the ticket has a comment containing `needle`.
+    pub async fn wait_comment(&self, key: &str, needle: &str) -> Vec<String> {
+        eventually(Duration::from_secs(15), || async {
+            let c = self.comments(key).await;
+            c.iter().any(|t| t.contains(needle)).then_some(c)
+        })
+        .await
+        .unwrap_or_else(|| panic!("{key}: no comment containing {needle:?}"))
+    }
+
+    /// Waits until the ticket is in status `name`.
+    pub async fn wait_status(&self, key: &str, name: &str) {
+        let ok = eventually(Duration::from_secs(15), || async {
+            (self.jira.issue(key).await.expect("issue").status == name).then_some(())
+        })
+        .await;
+        assert!(ok.is_some(), "{key}: status never became {name}");
+    }
+
+    /// Lets in-flight work settle (for asserting that something did NOT happen).
+    pub async fn settle(&self) {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+
+    /// Audit records of one kind.
+    pub async fn audit(&self, kind: &str) -> Vec<jitbridge::audit::AuditRecord> {
+        self.store()
+            .audit_records(0, 10_000)
+            .await
+            .expect("audit")
+            .into_iter()
+            .filter(|r| r.record.kind == kind)
+            .collect()
+    }
+}
+
+/// Polls `f` every 50 ms until it yields `Some` or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

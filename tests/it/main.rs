@@ -1,0 +1,10 @@
+//! End-to-end tests: the real daemon on 127.0.0.1:0, over real HTTP, against the in-repo Jira
+//! simulator and elevation receiver (`jitbridge-sim`, an independent implementation of the other
+//! side of each wire). One test binary, one module per area.
+
+mod harness;
+
+mod cli;
+mod ingress;
+mod jira_flow;
+mod resilience;
