@@ -23,9 +23,6 @@ use crate::providers::webhook::WebhookProvider;
 /// The prefix of environment overrides: `JITBRIDGE__SERVER__LISTEN` sets `server.listen`.
 pub const ENV_PREFIX: &str = "JITBRIDGE";
 
-/// Connector kinds this build knows.
-pub const CONNECTOR_KINDS: &[&str] = &["jira"];
-
 /// Loads and validates the configuration rooted at `file`.
 ///
 /// `env` is the set of variables that may override keys (the process environment in
@@ -374,20 +371,14 @@ fn validate_connector(
             "must be non-empty and use only letters, digits, '-' and '_' (it is part of the URL)",
         ));
     }
-    let defaults: InboundDefaults = match c.kind.as_str() {
-        "jira" => crate::connectors::jira::INBOUND_DEFAULTS,
-        other => {
-            problems.push(Problem::new(
-                path,
-                "kind",
-                format!(
-                    "unknown connector kind {other:?}; expected one of {}",
-                    CONNECTOR_KINDS.join(", ")
-                ),
-            ));
-            return None;
-        }
-    };
+    let (options, defaults): (crate::connectors::KindOptions, InboundDefaults) =
+        match crate::connectors::validate_kind(&c.kind, &c.options, path) {
+            Ok(v) => v,
+            Err(ps) => {
+                problems.extend(ps);
+                return None;
+            }
+        };
     let base_url = match reqwest::Url::parse(&c.base_url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
         _ => {
@@ -429,5 +420,6 @@ fn validate_connector(
         outbound: outbound?,
         confirm_approvals: c.confirm_approvals.unwrap_or(true),
         timeout,
+        options,
     })
 }

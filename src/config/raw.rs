@@ -132,9 +132,10 @@ impl Default for RawWorkers {
     }
 }
 
-/// One file in the connectors directory.
+/// One file in the connectors directory: the keys every kind shares, plus the kind's own keys
+/// in `options` (each kind validates those with its own `deny_unknown_fields` struct, so a typo
+/// is still an error).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawConnector {
     /// Deliveries arrive on `POST /webhooks/{id}`.
     pub id: String,
@@ -152,4 +153,7 @@ pub struct RawConnector {
     /// Timeout of each API call (default 10s).
     #[serde(default)]
     pub timeout: Option<String>,
+    /// Every other key: the kind's own settings.
+    #[serde(flatten)]
+    pub options: toml::Table,
 }

@@ -105,4 +105,6 @@ pub struct ConnectorSettings {
     pub outbound: OutboundAuth,
     pub confirm_approvals: bool,
     pub timeout: Duration,
+    /// The kind's own validated settings.
+    pub options: crate::connectors::KindOptions,
 }

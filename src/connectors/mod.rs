@@ -235,6 +235,52 @@ impl OutboundAuth {
     }
 }
 
+/// The connector kinds this build knows, with each kind's own validated settings.
+#[derive(Debug, Clone)]
+pub enum KindOptions {
+    /// Jira Cloud / JSM (no kind-specific keys).
+    Jira,
+}
+
+/// The kind names [`validate_kind`] accepts.
+pub const KINDS: &[&str] = &["jira"];
+
+/// Validates the kind-specific keys of a connector file (everything besides `id`, `kind`,
+/// `base_url`, `inbound`, `outbound`, `confirm_approvals`, `timeout`) and returns the kind's
+/// inbound-auth defaults. Pure.
+pub fn validate_kind(
+    kind: &str,
+    options: &toml::Table,
+    file: &std::path::Path,
+) -> Result<(KindOptions, InboundDefaults), Vec<crate::config::Problem>> {
+    let no_options = |kind_name: &str| -> Result<(), Vec<crate::config::Problem>> {
+        match options.keys().next() {
+            None => Ok(()),
+            Some(k) => Err(vec![crate::config::Problem::new(
+                file,
+                k.clone(),
+                format!(
+                    "unknown key for a {kind_name} connector; expected id, kind, base_url, inbound, outbound, confirm_approvals, timeout"
+                ),
+            )]),
+        }
+    };
+    match kind {
+        "jira" => {
+            no_options("jira")?;
+            Ok((KindOptions::Jira, jira::INBOUND_DEFAULTS))
+        }
+        other => Err(vec![crate::config::Problem::new(
+            file,
+            "kind",
+            format!(
+                "unknown connector kind {other:?}; expected one of {}",
+                KINDS.join(", ")
+            ),
+        )]),
+    }
+}
+
 /// A configured connector with its inbound authentication.
 #[derive(Clone)]
 pub struct Registered {
@@ -258,9 +304,8 @@ impl Registry {
         let by_id = settings
             .iter()
             .map(|s| {
-                let connector: std::sync::Arc<dyn Connector> = match s.kind.as_str() {
-                    // validated in config::load: only known kinds get here
-                    _ => std::sync::Arc::new(jira::JiraConnector::new(
+                let connector: std::sync::Arc<dyn Connector> = match &s.options {
+                    KindOptions::Jira => std::sync::Arc::new(jira::JiraConnector::new(
                         s.id.clone(),
                         s.base_url.clone(),
                         s.outbound.clone(),
