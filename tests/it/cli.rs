@@ -136,3 +136,148 @@ async fn explain_shows_mapping_policy_decision_and_writebacks_without_writing_an
     // Dry run: the daemon's store saw nothing of it.
     assert!(h.store().audit_records(0, 10).await.unwrap().is_empty());
 }
+
+/// The CLI pointed at the harness daemon (its port comes from an environment override).
+fn cli_for(h: &Harness) -> Command {
+    let mut c = jitbridge();
+    c.env(
+        "JITBRIDGE__SERVER__LISTEN",
+        h.daemon().webhook_addr.to_string(),
+    )
+    .env("TEST_ADMIN_TOKEN", crate::harness::ADMIN_TOKEN)
+    .arg("--log-format")
+    .arg("text");
+    c
+}
+
+#[tokio::test]
+async fn grants_list_and_revoke_drive_the_running_daemon() {
+    use jitbridge::grants::GrantState;
+    use jitbridge_sim::jira::users::{ALICE, BOB};
+    let h = Harness::start().await;
+    let key = h.raise(ALICE, "WS-0060", "2h", &[BOB]).await;
+    h.jira.approve(&key, BOB).await.expect("approve");
+    let g = h.wait_state(&key, GrantState::Active).await;
+    let config = h.config_path.to_str().unwrap().to_owned();
+
+    let out = tokio::task::spawn_blocking({
+        let mut c = cli_for(&h);
+        c.args([
+            "grants", "list", "--config", &config, "--state", "active", "--json",
+        ]);
+        move || c.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["id"], g.id.to_string());
+
+    let out = tokio::task::spawn_blocking({
+        let mut c = cli_for(&h);
+        c.args([
+            "grants",
+            "revoke",
+            "--config",
+            &config,
+            &g.id.to_string(),
+            "--reason",
+            "done early",
+        ]);
+        move || c.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("revoking"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    h.wait_state(&key, GrantState::Revoked).await;
+
+    let out = tokio::task::spawn_blocking({
+        let mut c = cli_for(&h);
+        c.args(["audit", "verify", "--config", &config]);
+        move || c.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("audit chain intact"));
+
+    let out = tokio::task::spawn_blocking({
+        let mut c = cli_for(&h);
+        c.args(["outbox", "list", "--config", &config]);
+        move || c.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 job(s)"));
+}
+
+#[test]
+fn serve_logs_json_and_shuts_down_gracefully_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("connectors")).unwrap();
+    std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
+    std::fs::write(
+        dir.path().join("jitbridge.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let mut child = jitbridge()
+        .current_dir(dir.path())
+        .args(["--log-format", "json", "serve"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let running = lines
+        .by_ref()
+        .take(50)
+        .map_while(Result::ok)
+        .find(|l| l.contains("jitbridge is running"))
+        .expect("start-up line");
+    let parsed: serde_json::Value = serde_json::from_str(&running).expect("JSON log line");
+    assert_eq!(parsed["level"], "INFO");
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "did not stop within 10 s of SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        dir.path().join("data/jitbridge.db").exists(),
+        "the embedded store was created under data/"
+    );
+}

@@ -366,3 +366,109 @@ async fn reopened_ticket_gets_a_new_grant_only_after_a_new_approval() {
         .count();
     assert_eq!(applies, 1);
 }
+
+#[tokio::test]
+async fn replayed_approval_with_a_fresh_delivery_id_after_the_grant_ended_grants_nothing() {
+    let h = Harness::start().await;
+    let key = h.raise(ALICE, "WS-0051", "2h", &[BOB]).await;
+    let approval = h.jira.approve(&key, BOB).await.expect("approve");
+    h.wait_state(&key, GrantState::Active).await;
+    h.wait_status(&key, "In Progress").await;
+    h.jira
+        .transition_to(&key, "Done", CAROL)
+        .await
+        .expect("resolve");
+    h.wait_state(&key, GrantState::Revoked).await;
+
+    // An attacker replays the captured (validly signed) approval body under a new delivery id,
+    // which Jira does not sign: it passes authentication and dedupe, but is older than the end.
+    let original = approval
+        .deliveries
+        .first()
+        .expect("approval webhook")
+        .clone();
+    let headers: Vec<(String, String)> = original
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            if k.eq_ignore_ascii_case("X-Atlassian-Webhook-Identifier") {
+                (k.clone(), "replayed-id-1".to_owned())
+            } else {
+                (k.clone(), v.clone())
+            }
+        })
+        .collect();
+    let sent = h
+        .jira
+        .send_raw(&h.webhook_url(), &headers, &original.body)
+        .await;
+    assert_eq!(sent.status, Some(202), "{}", sent.body);
+    let ignored = eventually(Duration::from_secs(10), || async {
+        let a = h.audit("event.ignored").await;
+        a.into_iter().find(|r| {
+            r.record.detail["why"]
+                .as_str()
+                .is_some_and(|w| w.contains("stale"))
+        })
+    })
+    .await;
+    assert!(ignored.is_some(), "the replay is recorded as stale");
+    assert_eq!(h.grants(&key).await.len(), 1, "no second grant");
+    let applies = h
+        .receiver
+        .calls()
+        .await
+        .into_iter()
+        .filter(|c| c.kind == Some(jitbridge_sim::receiver::CallKind::Apply))
+        .count();
+    assert_eq!(applies, 1);
+}
+
+#[tokio::test]
+async fn permanently_failing_writeback_is_parked_as_dead_letter_and_can_be_retried() {
+    let opts = crate::harness::Options {
+        mapping: crate::harness::MAPPING
+            .replace("status = \"In Progress\"", "status = \"No Such Status\""),
+        ..Default::default()
+    };
+    let h = crate::harness::Harness::start_with(opts).await;
+    let key = h.raise(ALICE, "WS-0052", "2h", &[BOB]).await;
+    h.jira.approve(&key, BOB).await.expect("approve");
+    // The provider call is not held up by the failing writeback.
+    h.wait_state(&key, GrantState::Active).await;
+    h.wait_comment(&key, "Local admin granted").await;
+    let dead = eventually(Duration::from_secs(10), || async {
+        let body: serde_json::Value = h
+            .http
+            .get(h.admin_url("/api/v1/outbox?state=dead"))
+            .bearer_auth(crate::harness::ADMIN_TOKEN)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let jobs = body["jobs"].as_array()?.clone();
+        (!jobs.is_empty()).then_some(jobs)
+    })
+    .await
+    .expect("a dead letter appears in the admin API");
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("No Such Status"),
+        "{}",
+        dead[0]
+    );
+    let id = dead[0]["id"].as_str().unwrap().to_owned();
+    let retried = h
+        .http
+        .post(h.admin_url(&format!("/api/v1/outbox/{id}/retry")))
+        .bearer_auth(crate::harness::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retried.status(), 202);
+}
