@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::SignedDuration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -69,32 +69,35 @@ impl ProviderWorker {
                 }
             };
             if jobs.is_empty() {
-                let wait = self.idle_wait(now).await;
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(wait) => {}
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
                 }
                 continue;
             }
-            let full = jobs.len() as u32 == BATCH;
             futures::future::join_all(jobs.into_iter().map(|j| self.handle(j))).await;
             if shutdown.is_cancelled() {
                 return;
             }
-            if !full {
-                tokio::task::yield_now().await;
-            }
         }
-    }
-
-    async fn idle_wait(&self, _now: Timestamp) -> Duration {
-        IDLE_POLL
     }
 
     async fn handle(&self, job: Job) {
         if let Err(e) = self.try_handle(&job).await {
-            tracing::error!(job = %job.id, error = %e, "provider job could not be recorded; it will be retried when its lease lapses");
+            // Usually a concurrent change to the grant (e.g. resolved while the apply ran). Put
+            // the job back at once rather than letting its lease run out: provider calls are
+            // idempotent per webhook-id, and a revoke queued behind this job must not wait.
+            tracing::warn!(job = %job.id, error = %e, "provider job result not recorded; running it again shortly");
+            let again = next_attempt(self.service.clock().now(), Duration::from_millis(200), None);
+            if let Err(e) = self
+                .service
+                .store()
+                .reschedule_job(job.id, job.attempts, again, &e.to_string())
+                .await
+            {
+                tracing::error!(job = %job.id, error = %e, "cannot release the provider job; it runs again when its lease lapses");
+            }
         }
     }
 

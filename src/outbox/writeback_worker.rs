@@ -85,7 +85,15 @@ impl WritebackWorker {
 
     async fn handle(&self, job: Job) {
         if let Err(e) = self.try_handle(&job).await {
-            tracing::error!(job = %job.id, error = %e, "writeback result could not be recorded; the job runs again when its lease lapses");
+            tracing::warn!(job = %job.id, error = %e, "writeback result not recorded; running it again shortly");
+            let again = next_attempt(self.clock.now(), Duration::from_millis(500), None);
+            if let Err(e) = self
+                .store
+                .reschedule_job(job.id, job.attempts, again, &e.to_string())
+                .await
+            {
+                tracing::error!(job = %job.id, error = %e, "cannot release the writeback job; it runs again when its lease lapses");
+            }
         }
     }
 

@@ -147,3 +147,34 @@ async fn provider_that_never_applies_fails_the_grant_after_the_apply_window() {
     .await;
     assert!(cleaned.is_some());
 }
+
+#[tokio::test]
+async fn grant_revoked_while_its_apply_is_in_flight_ends_revoked_at_the_endpoint_promptly() {
+    let h = Harness::start().await;
+    h.receiver
+        .set_latency(Some(Duration::from_millis(1500)))
+        .await;
+    let key = h.raise(ALICE, "WS-0103", "2h", &[BOB]).await;
+    h.jira.approve(&key, BOB).await.expect("approve");
+    let g = h.wait_state(&key, GrantState::Approved).await;
+    // The apply call is on the wire; an admin revokes meanwhile.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let resp = h
+        .http
+        .post(h.admin_url(&format!("/api/v1/grants/{}/revoke", g.id)))
+        .bearer_auth(crate::harness::ADMIN_TOKEN)
+        .json(&serde_json::json!({"reason": "wrong device"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    h.receiver.set_latency(None).await;
+    // The late apply must be followed by the revoke without waiting for any lease to lapse.
+    let revoked = h.wait_state(&key, GrantState::Revoked).await;
+    assert_eq!(revoked.id, g.id);
+    assert!(
+        !h.receiver
+            .holds("alice@example.com", "WS-0103", "local-admin")
+            .await
+    );
+}
