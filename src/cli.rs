@@ -291,3 +291,52 @@ pub async fn audit_verify(config: &Path) -> Result<ExitCode> {
         Ok(ExitCode::from(2))
     }
 }
+
+/// `jitbridge audit export --ticket KEY`.
+pub async fn audit_export(config: &Path, ticket: &str) -> Result<ExitCode> {
+    let client = AdminClient::from_config(config)?;
+    let records: Vec<Value> = if client.token.is_none() {
+        let store = open_offline(config)
+            .await
+            .context("the admin token is not set, so the store was read directly")?;
+        let story = jitbridge::admin::ticket_story(store.as_ref(), ticket).await?;
+        story
+            .into_iter()
+            .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
+            .collect()
+    } else {
+        let path = format!("/api/v1/audit?ticket={}", urlencode(ticket));
+        let body = match client.get(&path).await? {
+            Ok(b) => b,
+            Err(e) if e.is_connect() => {
+                let store = open_offline(config).await.map_err(|off| {
+                    anyhow!(
+                        "{}; reading the store directly failed too: {off}",
+                        client.unreachable(e)
+                    )
+                })?;
+                let story = jitbridge::admin::ticket_story(store.as_ref(), ticket).await?;
+                serde_json::json!({"records": story})
+            }
+            Err(e) => return Err(client.unreachable(e)),
+        };
+        body["records"].as_array().cloned().unwrap_or_default()
+    };
+    for r in &records {
+        println!("{}", serde_json::to_string(r)?);
+    }
+    eprintln!("{} record(s) for {ticket}", records.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Percent-encodes a query value (ticket keys are plain, but never trust that).
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

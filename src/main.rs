@@ -120,6 +120,14 @@ enum AuditCommand {
         #[arg(long, default_value = "jitbridge.toml")]
         config: PathBuf,
     },
+    /// One ticket's whole story as JSON lines (request, approval evidence, decision, apply, revoke, writebacks).
+    Export {
+        #[arg(long, default_value = "jitbridge.toml")]
+        config: PathBuf,
+        /// Ticket key (e.g. ACCESS-87).
+        #[arg(long)]
+        ticket: String,
+    },
 }
 
 fn init_tracing(format: LogFormat) {
@@ -232,6 +240,9 @@ async fn run(command: Command) -> Result<ExitCode> {
         Command::Audit {
             command: AuditCommand::Verify { config },
         } => cli::audit_verify(&config).await,
+        Command::Audit {
+            command: AuditCommand::Export { config, ticket },
+        } => cli::audit_export(&config, &ticket).await,
     }
 }
 

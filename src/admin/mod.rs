@@ -75,6 +75,7 @@ pub fn api_router(state: AdminState) -> axum::Router {
         .route("/api/v1/outbox", get(list_jobs))
         .route("/api/v1/outbox/{id}/retry", post(retry_job))
         .route("/api/v1/audit/verify", get(audit_verify))
+        .route("/api/v1/audit", get(audit_export))
         .with_state(state)
 }
 
@@ -342,6 +343,44 @@ async fn audit_verify(
             .map_err(store_error)?,
     )
     .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    ticket: String,
+}
+
+async fn audit_export(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Query(q): Query<AuditQuery>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let records = ticket_story(state.store.as_ref(), &q.ticket)
+        .await
+        .map_err(store_error)?;
+    Ok(Json(json!({"ticket": q.ticket, "records": records})).into_response())
+}
+
+/// Every audit record of one ticket, in order: request, approval evidence, policy decision,
+/// apply, revoke and writebacks — the ticket's whole story.
+pub async fn ticket_story(
+    store: &dyn Store,
+    ticket_key: &str,
+) -> Result<Vec<crate::audit::AuditRecord>, StoreError> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.audit_records(after, 1000).await?;
+        let Some(last) = page.last() else {
+            return Ok(out);
+        };
+        after = last.seq;
+        out.extend(
+            page.into_iter()
+                .filter(|r| r.record.ticket_key.as_deref() == Some(ticket_key)),
+        );
+    }
 }
 
 /// Walks the whole audit chain; `{"ok": true, "records": N}` or `{"ok": false, "error": ...}`.

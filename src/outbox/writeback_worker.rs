@@ -142,7 +142,8 @@ impl WritebackWorker {
         match reg.connector.write_back(&wb).await {
             Ok(()) => {
                 metrics::counter!("jitbridge_writebacks_total", "connector" => connector_id, "outcome" => "ok").increment(1);
-                self.store.complete_job(job.id).await
+                self.store.complete_job(job.id).await?;
+                self.audit(&wb, "writeback.delivered", None).await
             }
             Err(e)
                 if e.is_retryable()
@@ -176,8 +177,34 @@ impl WritebackWorker {
                     "writeback failed permanently; parked as dead letter (retry with `jitbridge outbox retry`)");
                 self.store
                     .dead_letter_job(job.id, job.attempts + 1, &e.to_string())
-                    .await
+                    .await?;
+                self.audit(&wb, "writeback.dead", Some(e.to_string())).await
             }
         }
+    }
+
+    /// Records a writeback's fate in the ticket's audit story.
+    async fn audit(
+        &self,
+        wb: &Writeback,
+        kind: &str,
+        error: Option<String>,
+    ) -> Result<(), StoreError> {
+        let grant_id = wb
+            .marker
+            .split(':')
+            .nth(1)
+            .and_then(|id| uuid::Uuid::parse_str(id).ok());
+        self.store
+            .append_audit(vec![crate::audit::NewAudit {
+                at: self.clock.now(),
+                kind: kind.to_owned(),
+                grant_id,
+                connector: Some(wb.ticket.connector.clone()),
+                ticket_key: Some(wb.ticket.key.clone()),
+                actor: Some("system".into()),
+                detail: serde_json::json!({"action": wb.action, "marker": wb.marker, "error": error}),
+            }])
+            .await
     }
 }

@@ -281,3 +281,56 @@ fn serve_logs_json_and_shuts_down_gracefully_on_sigterm() {
         "the embedded store was created under data/"
     );
 }
+
+#[tokio::test]
+async fn audit_export_tells_one_tickets_whole_story_in_order() {
+    use jitbridge::grants::GrantState;
+    use jitbridge_sim::jira::users::{ALICE, BOB};
+    let h = Harness::start().await;
+    let key = h.raise(ALICE, "WS-0061", "1s", &[BOB]).await;
+    h.jira.approve(&key, BOB).await.expect("approve");
+    h.wait_state(&key, GrantState::Expired).await;
+    h.wait_comment(&key, "expired and was revoked").await;
+    let config = h.config_path.to_str().unwrap().to_owned();
+    let out = tokio::task::spawn_blocking({
+        let mut c = cli_for(&h);
+        c.args(["audit", "export", "--config", &config, "--ticket", &key]);
+        move || c.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kinds: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let pos = |k: &str| {
+        kinds
+            .iter()
+            .position(|x| x == k)
+            .unwrap_or_else(|| panic!("{k} missing from {kinds:?}"))
+    };
+    assert!(pos("grant.requested") < pos("grant.approved"));
+    assert!(pos("grant.approved") < pos("grant.active"));
+    assert!(pos("grant.active") < pos("grant.expired"));
+    assert!(pos("grant.active") < pos("writeback.delivered"));
+    // The approval evidence: who approved, confirmed through Jira, and the policy checks.
+    let approved = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.contains("\"grant.approved\""))
+        .unwrap()
+        .to_owned();
+    assert!(
+        approved.contains("bob@example.com") && approved.contains("distinct_approver"),
+        "{approved}"
+    );
+}

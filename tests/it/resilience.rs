@@ -178,3 +178,34 @@ async fn grant_revoked_while_its_apply_is_in_flight_ends_revoked_at_the_endpoint
             .await
     );
 }
+
+#[tokio::test]
+async fn second_instance_on_the_same_sqlite_store_refuses_to_start() {
+    let h = Harness::start().await;
+    let config = jitbridge::config::load(
+        &h.config_path,
+        &std::collections::HashMap::new(),
+        &Harness::secrets(),
+    )
+    .unwrap();
+    let second =
+        jitbridge::app::start(config, std::sync::Arc::new(jitbridge::clock::SystemClock)).await;
+    let err = match second {
+        Ok(_) => panic!("a second daemon started on the same store"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("another jitbridge instance") || err.contains("locked"),
+        "{err}"
+    );
+    // The first keeps serving.
+    assert_eq!(
+        h.http
+            .get(h.admin_url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
