@@ -98,62 +98,7 @@ impl Harness {
         let receiver = ElevationReceiver::start(ELEVATION_SECRET)
             .await
             .expect("receiver");
-        std::fs::create_dir_all(dir.path().join("connectors")).expect("mkdir");
-        std::fs::create_dir_all(dir.path().join("mappings")).expect("mkdir");
-        let config_path = dir.path().join("jitbridge.toml");
-        std::fs::write(
-            &config_path,
-            format!(
-                r#"
-[server]
-listen = "127.0.0.1:0"
-max_body_bytes = 65536
-
-[store]
-url = "sqlite://data/jitbridge.db"
-
-[admin]
-token_env = "TEST_ADMIN_TOKEN"
-
-[providers.endpoint-agent]
-kind = "webhook"
-url = "{receiver}"
-secret_env = "ELEVATION_WEBHOOK_SECRET"
-timeout = "2s"
-
-[workers]
-{workers}
-"#,
-                receiver = receiver.url(),
-                workers = opts.workers
-            ),
-        )
-        .expect("write config");
-        std::fs::write(
-            dir.path().join("connectors/jira.toml"),
-            format!(
-                r#"
-id = "jira"
-kind = "jira"
-base_url = "{base}"
-timeout = "2s"
-
-[inbound]
-auth = "hmac-sha256"
-secret_env = "JIRA_WEBHOOK_SECRET"
-
-[outbound]
-auth = "basic"
-username = "{user}"
-token_env = "JIRA_API_TOKEN"
-"#,
-                base = jira.base_url(),
-                user = users::API_EMAIL
-            ),
-        )
-        .expect("write connector");
-        std::fs::write(dir.path().join("mappings/local-admin.toml"), &opts.mapping)
-            .expect("write mapping");
+        let config_path = write_config(dir.path(), &jira, &receiver, &opts);
         let mut h = Self {
             dir,
             jira,
@@ -314,6 +259,72 @@ token_env = "JIRA_API_TOKEN"
             .filter(|r| r.record.kind == kind)
             .collect()
     }
+}
+
+/// Writes `jitbridge.toml`, the Jira connector and the mapping into `dir`, wired to the
+/// simulators; returns the config file's path.
+pub fn write_config(
+    dir: &std::path::Path,
+    jira: &JiraSim,
+    receiver: &ElevationReceiver,
+    opts: &Options,
+) -> PathBuf {
+    std::fs::create_dir_all(dir.join("connectors")).expect("mkdir");
+    std::fs::create_dir_all(dir.join("mappings")).expect("mkdir");
+    let config_path = dir.join("jitbridge.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+max_body_bytes = 65536
+
+[store]
+url = "sqlite://data/jitbridge.db"
+
+[admin]
+token_env = "TEST_ADMIN_TOKEN"
+
+[providers.endpoint-agent]
+kind = "webhook"
+url = "{receiver}"
+secret_env = "ELEVATION_WEBHOOK_SECRET"
+timeout = "2s"
+
+[workers]
+{workers}
+"#,
+            receiver = receiver.url(),
+            workers = opts.workers
+        ),
+    )
+    .expect("write config");
+    std::fs::write(
+        dir.join("connectors/jira.toml"),
+        format!(
+            r#"
+id = "jira"
+kind = "jira"
+base_url = "{base}"
+timeout = "2s"
+
+[inbound]
+auth = "hmac-sha256"
+secret_env = "JIRA_WEBHOOK_SECRET"
+
+[outbound]
+auth = "basic"
+username = "{user}"
+token_env = "JIRA_API_TOKEN"
+"#,
+            base = jira.base_url(),
+            user = users::API_EMAIL
+        ),
+    )
+    .expect("write connector");
+    std::fs::write(dir.join("mappings/local-admin.toml"), &opts.mapping).expect("write mapping");
+    config_path
 }
 
 /// Polls `f` every 50 ms until it yields `Some` or `timeout` passes.

@@ -8,3 +8,4 @@ mod cli;
 mod ingress;
 mod jira_flow;
 mod resilience;
+mod secrets;
