@@ -165,9 +165,7 @@ pub async fn start_with_store(
             serve(
                 &mut tasks,
                 listener,
-                admin_routes
-                    .fallback(crate::http::not_found)
-                    .layer(timeout.clone()),
+                admin_routes.fallback(crate::http::not_found).layer(timeout),
                 shutdown.clone(),
             );
             serve(

@@ -148,8 +148,8 @@ pub async fn grants_list(config: &Path, state: Option<&str>, json: bool) -> Resu
     }
     let grants = body["grants"].as_array().cloned().unwrap_or_default();
     println!(
-        "{:<36}  {:<13}  {:<12}  {:<28}  {:<16}  {:<14}  {}",
-        "ID", "STATE", "TICKET", "SUBJECT", "TARGET", "SCOPE", "EXPIRES"
+        "{:<36}  {:<13}  {:<12}  {:<28}  {:<16}  {:<14}  EXPIRES",
+        "ID", "STATE", "TICKET", "SUBJECT", "TARGET", "SCOPE"
     );
     for g in &grants {
         println!(
