@@ -12,9 +12,16 @@
 //! - "At most one live grant per (connector, ticket, mapping)" is a partial unique index, so
 //!   the database itself refuses a second one even if two approvals race.
 //!
+//! - Inbox inserts are group-committed by one writer task ([`GroupCommit`]): many concurrent
+//!   deliveries share one transaction and one fsync, and each caller is answered only after
+//!   that commit returned.
+//!
 //! The schema lives in `migrations/sqlite/` and is embedded at compile time.
 
+mod ingest;
 mod rows;
+
+pub use ingest::{GroupCommit, IngestStats};
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
@@ -96,19 +103,42 @@ fn migrator() -> Migrator {
     )])
 }
 
+/// Tuning knobs of the SQLite store, separate from the path and clock so the daemon can keep
+/// the defaults while tests and benchmarks vary them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqliteTuning {
+    /// How long a statement waits for SQLite's write lock before failing with `Unavailable`.
+    pub busy_timeout: Duration,
+    /// How inbox inserts are batched into shared commits.
+    pub group_commit: GroupCommit,
+}
+
+impl Default for SqliteTuning {
+    fn default() -> Self {
+        Self {
+            busy_timeout: BUSY_TIMEOUT,
+            group_commit: GroupCommit::default(),
+        }
+    }
+}
+
 /// The embedded store: one SQLite database file, owned exclusively by this process.
 ///
-/// Dropping it (or [`SqliteStore::close`]) releases the instance lock.
+/// Dropping it (or [`SqliteStore::close`]) releases the instance lock once the inbox writer
+/// has answered its last queued delivery.
 #[derive(Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The group-commit writer every `insert_delivery` goes through.
+    ingest: ingest::Ingest,
     /// Where new job rows get their `created_at` (the backlog-age metric); injectable so
     /// simulated time in tests gives meaningful ages.
     clock: SharedClock,
     /// The database file, for error messages.
     path: PathBuf,
-    /// Held (exclusively locked) for the lifetime of the store; the OS drops the lock with it.
-    _instance_lock: File,
+    /// Held (exclusively locked) for the lifetime of the store and of its inbox writer; the OS
+    /// drops the lock with the last of them.
+    _instance_lock: Arc<File>,
 }
 
 impl SqliteStore {
@@ -124,6 +154,16 @@ impl SqliteStore {
     pub async fn open_with_clock(
         path: &Path,
         clock: SharedClock,
+    ) -> Result<SqliteStore, StoreError> {
+        Self::open_with_tuning(path, clock, SqliteTuning::default()).await
+    }
+
+    /// Like [`SqliteStore::open_with_clock`], with explicit [`SqliteTuning`] (busy timeout and
+    /// group-commit batching). Must be called inside a tokio runtime: it spawns the inbox writer.
+    pub async fn open_with_tuning(
+        path: &Path,
+        clock: SharedClock,
+        tuning: SqliteTuning,
     ) -> Result<SqliteStore, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
@@ -141,7 +181,7 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(tuning.busy_timeout);
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .min_connections(1)
@@ -159,18 +199,41 @@ impl SqliteStore {
             .await
             .map_err(|e| migrate_error(path, e))?;
 
+        let instance_lock = Arc::new(instance_lock);
+        let ingest = ingest::Ingest::start(
+            pool.clone(),
+            tuning.group_commit,
+            ACQUIRE_TIMEOUT,
+            instance_lock.clone(),
+        );
         Ok(SqliteStore {
             pool,
+            ingest,
             clock,
             path: path.to_path_buf(),
             _instance_lock: instance_lock,
         })
     }
 
-    /// Closes every connection (checkpointing the WAL) and then releases the instance lock,
-    /// so the next process can open the file straight away.
+    /// Lets the inbox writer commit and answer what is queued, closes every connection
+    /// (checkpointing the WAL) and then releases the instance lock, so the next process can
+    /// open the file straight away.
     pub async fn close(self) {
-        self.pool.close().await;
+        let SqliteStore {
+            pool,
+            ingest,
+            _instance_lock,
+            ..
+        } = self;
+        ingest.shutdown().await;
+        pool.close().await;
+        drop(_instance_lock);
+    }
+
+    /// How the group-commit writer has batched inbox inserts so far (for benchmarks and
+    /// diagnostics: rows per batch is the fsync amortization actually achieved).
+    pub fn ingest_stats(&self) -> IngestStats {
+        self.ingest.stats()
     }
 
     /// The database file this store owns.
@@ -455,45 +518,18 @@ impl Store for SqliteStore {
 
     // ---- inbox ----
 
+    /// Goes through the group-commit writer: answered only after the batch holding this row
+    /// committed; `Unavailable` for every row of a batch that could not commit.
     async fn insert_delivery(&self, d: NewDelivery) -> Result<InsertOutcome, StoreError> {
-        let headers = to_json("delivery headers", &d.headers)?;
-        let received_at = ms(d.received_at);
-        let mut tx = self.begin_immediate().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO deliveries (id, connector, dedupe_key, received_at, headers, body, state, \
-             attempts, next_at) VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $4) \
-             ON CONFLICT (connector, dedupe_key) DO NOTHING",
-        )
-        .bind(d.id.to_string())
-        .bind(d.connector.as_str())
-        .bind(d.dedupe_key.as_str())
-        .bind(received_at)
-        .bind(headers)
-        .bind(d.body.as_slice())
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| match db_error(e) {
-            StoreError::Conflict(_) => {
-                StoreError::Conflict(format!("delivery id {} is already used", d.id))
-            }
-            other => other,
-        })?;
-        if inserted.rows_affected() == 1 {
-            tx.commit().await.map_err(db_error)?;
-            return Ok(InsertOutcome::Accepted(d.id));
-        }
-        let first: String = sqlx::query_scalar(
-            "SELECT id FROM deliveries WHERE connector = $1 AND dedupe_key = $2",
-        )
-        .bind(d.connector.as_str())
-        .bind(d.dedupe_key.as_str())
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        tx.rollback().await.map_err(db_error)?;
-        let first = Uuid::parse_str(&first)
-            .map_err(|e| StoreError::Corrupt(format!("deliveries.id: not a UUID: {e}")))?;
-        Ok(InsertOutcome::Duplicate(first))
+        let row = ingest::PreparedDelivery {
+            headers: to_json("delivery headers", &d.headers)?,
+            received_at: ms(d.received_at),
+            id: d.id,
+            connector: d.connector,
+            dedupe_key: d.dedupe_key,
+            body: d.body,
+        };
+        self.ingest.insert(row).await
     }
 
     async fn claim_deliveries(
@@ -1300,6 +1336,213 @@ mod tests {
         );
     }
 
+    // ---- group commit ----
+
+    async fn delivery_count(store: &SqliteStore) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM deliveries")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn many_concurrent_inserts_share_commits_and_are_all_accepted() {
+        let (_dir, store) = fresh().await;
+        let deliveries: Vec<NewDelivery> =
+            (0..500).map(|i| delivery(&format!("evt-{i}"), i)).collect();
+        let before = store.ingest_stats();
+        let outcomes =
+            futures::future::join_all(deliveries.iter().map(|d| store.insert_delivery(d.clone())))
+                .await;
+        for (d, outcome) in deliveries.iter().zip(outcomes) {
+            assert_eq!(outcome.unwrap(), InsertOutcome::Accepted(d.id));
+        }
+        assert_eq!(delivery_count(&store).await, 500);
+
+        let stats = store.ingest_stats();
+        let batches = stats.batches - before.batches;
+        assert_eq!(stats.rows - before.rows, 500);
+        assert!(
+            batches < 500,
+            "concurrent inserts share transactions ({batches} batches for 500 rows)"
+        );
+        assert_eq!(
+            stats.largest_batch,
+            GroupCommit::default().max_batch as u64,
+            "a batch never exceeds max_batch, and 500 queued rows fill one"
+        );
+        assert_eq!(stats.failed_batches, 0);
+    }
+
+    #[tokio::test]
+    async fn duplicates_within_one_batch_resolve_to_the_first_delivery() {
+        let (_dir, store) = fresh().await;
+        let first = delivery("evt-1", 0);
+        let other = delivery("evt-2", 0);
+        let mut repeat = delivery("evt-1", 1);
+        repeat.body = b"a later body".to_vec();
+        let again = delivery("evt-1", 2);
+        let batches_before = store.ingest_stats().batches;
+
+        let outcomes = futures::future::join_all(
+            [&first, &repeat, &other, &again].map(|d| store.insert_delivery(d.clone())),
+        )
+        .await;
+        let outcomes: Vec<InsertOutcome> = outcomes.into_iter().map(Result::unwrap).collect();
+        assert_eq!(
+            outcomes,
+            vec![
+                InsertOutcome::Accepted(first.id),
+                InsertOutcome::Duplicate(first.id),
+                InsertOutcome::Accepted(other.id),
+                InsertOutcome::Duplicate(first.id),
+            ]
+        );
+        assert_eq!(
+            store.ingest_stats().batches - batches_before,
+            1,
+            "all four were in one transaction"
+        );
+        assert_eq!(delivery_count(&store).await, 2);
+        let claimed = store
+            .claim_deliveries("w", at(10), secs(30), 10)
+            .await
+            .unwrap();
+        let kept = claimed.iter().find(|d| d.id == first.id).unwrap();
+        assert_eq!(kept.body, first.body, "the first body wins");
+    }
+
+    #[tokio::test]
+    async fn a_reused_delivery_id_fails_only_its_own_caller() {
+        let (_dir, store) = fresh().await;
+        let original = delivery("evt-1", 0);
+        store.insert_delivery(original.clone()).await.unwrap();
+
+        let mut clash = delivery("evt-2", 1);
+        clash.id = original.id;
+        let fine = delivery("evt-3", 1);
+        let outcomes =
+            futures::future::join_all([&clash, &fine].map(|d| store.insert_delivery(d.clone())))
+                .await;
+        assert!(
+            matches!(&outcomes[0], Err(StoreError::Conflict(m)) if m.contains("already used")),
+            "{:?}",
+            outcomes[0]
+        );
+        assert_eq!(
+            outcomes[1].as_ref().unwrap(),
+            &InsertOutcome::Accepted(fine.id)
+        );
+        assert_eq!(delivery_count(&store).await, 2);
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_cannot_commit_fails_every_caller_with_unavailable_and_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("busy.db");
+        let tuning = SqliteTuning {
+            busy_timeout: Duration::from_millis(200),
+            ..SqliteTuning::default()
+        };
+        let store = SqliteStore::open_with_tuning(&path, Arc::new(ManualClock::new(at(0))), tuning)
+            .await
+            .unwrap();
+        // Another connection holds the write lock past the busy timeout.
+        let mut blocker =
+            sqlx::SqlitePool::connect_with(SqliteConnectOptions::new().filename(&path))
+                .await
+                .unwrap()
+                .acquire()
+                .await
+                .unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *blocker)
+            .await
+            .unwrap();
+
+        let deliveries: Vec<NewDelivery> =
+            (0..20).map(|i| delivery(&format!("evt-{i}"), i)).collect();
+        let outcomes =
+            futures::future::join_all(deliveries.iter().map(|d| store.insert_delivery(d.clone())))
+                .await;
+        for outcome in &outcomes {
+            assert!(
+                matches!(outcome, Err(StoreError::Unavailable(m)) if m.contains("busy")),
+                "{outcome:?}"
+            );
+        }
+        assert!(store.ingest_stats().failed_batches >= 1);
+
+        sqlx::query("ROLLBACK")
+            .execute(&mut *blocker)
+            .await
+            .unwrap();
+        assert_eq!(delivery_count(&store).await, 0, "nothing of a failed batch");
+        // The sender's retry of a refused delivery is new, not a duplicate.
+        assert_eq!(
+            store.insert_delivery(deliveries[3].clone()).await.unwrap(),
+            InsertOutcome::Accepted(deliveries[3].id)
+        );
+    }
+
+    #[tokio::test]
+    async fn zero_window_and_zero_sizes_still_commit_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let tuning = SqliteTuning {
+            group_commit: GroupCommit {
+                max_batch: 0,
+                window: Duration::ZERO,
+                queue: 0,
+            },
+            ..SqliteTuning::default()
+        };
+        let store = SqliteStore::open_with_tuning(
+            &dir.path().join("z.db"),
+            Arc::new(ManualClock::new(at(0))),
+            tuning,
+        )
+        .await
+        .unwrap();
+        let deliveries: Vec<NewDelivery> =
+            (0..10).map(|i| delivery(&format!("evt-{i}"), i)).collect();
+        let outcomes =
+            futures::future::join_all(deliveries.iter().map(|d| store.insert_delivery(d.clone())))
+                .await;
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, Ok(InsertOutcome::Accepted(_))))
+        );
+        assert_eq!(store.ingest_stats().largest_batch, 1);
+        assert_eq!(delivery_count(&store).await, 10);
+    }
+
+    #[tokio::test]
+    async fn close_answers_queued_inserts_before_releasing_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open_at(&dir).await);
+        let inserts: Vec<_> = (0..50)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .insert_delivery(delivery(&format!("evt-{i}"), i))
+                        .await
+                })
+            })
+            .collect();
+        for insert in inserts {
+            assert!(matches!(
+                insert.await.unwrap(),
+                Ok(InsertOutcome::Accepted(_))
+            ));
+        }
+        let store = Arc::try_unwrap(store).unwrap();
+        store.close().await;
+        let store = open_at(&dir).await;
+        assert_eq!(delivery_count(&store).await, 50);
+    }
+
     // ---- grants ----
 
     #[tokio::test]
@@ -2014,6 +2257,37 @@ mod tests {
                     prop_assert_eq!(&s.record.detail, &r.detail);
                     prop_assert_eq!(s.record.at.as_millisecond(), r.at.as_millisecond());
                 }
+                Ok(())
+            })?;
+        }
+
+        /// Any mix of new and repeated dedupe keys arriving together: each key's first
+        /// delivery is accepted and every later one is told the first one's id.
+        #[test]
+        fn concurrent_inserts_resolve_duplicates_first_wins(keys in proptest::collection::vec(0u8..6, 1..60)) {
+            runtime().block_on(async {
+                let (_dir, store) = fresh().await;
+                let deliveries: Vec<NewDelivery> = keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| delivery(&format!("evt-{k}"), i as i64))
+                    .collect();
+                let outcomes = futures::future::join_all(
+                    deliveries.iter().map(|d| store.insert_delivery(d.clone())),
+                )
+                .await;
+                let mut first: std::collections::HashMap<u8, Uuid> = Default::default();
+                for ((k, d), outcome) in keys.iter().zip(&deliveries).zip(outcomes) {
+                    let expected = match first.get(k) {
+                        Some(id) => InsertOutcome::Duplicate(*id),
+                        None => {
+                            first.insert(*k, d.id);
+                            InsertOutcome::Accepted(d.id)
+                        }
+                    };
+                    prop_assert_eq!(outcome.unwrap(), expected);
+                }
+                prop_assert_eq!(delivery_count(&store).await, first.len() as i64);
                 Ok(())
             })?;
         }
