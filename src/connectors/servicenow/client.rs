@@ -29,7 +29,8 @@ const MAX_USER_LOOKUPS: usize = 20;
 /// Longest `Retry-After` honoured; a longer hint is clamped so a bad header cannot park work forever.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// The approval-row fields confirmation needs.
-const APPROVER_FIELDS: &str = "sys_id,state,approver,sysapproval,document_id,source_table,sys_updated_on";
+const APPROVER_FIELDS: &str =
+    "sys_id,state,approver,sysapproval,document_id,source_table,sys_updated_on";
 /// The ticket fields confirmation needs.
 const TICKET_FIELDS: &str =
     "sys_id,number,state,approval,requested_for,caller_id,opened_by,sys_class_name,sys_updated_on";
@@ -217,7 +218,8 @@ impl SnowClient {
             });
         };
         let rows = self.approver_rows(sys_id).await?;
-        let ticket_approval = ApprovalState::parse(&scalar(record.get("approval")).unwrap_or_default());
+        let ticket_approval =
+            ApprovalState::parse(&scalar(record.get("approval")).unwrap_or_default());
         let approval = match parse::confirmed_approval(ticket_approval, &rows) {
             Some(c) => Some(Approval {
                 state: c.state.to_owned(),
@@ -230,8 +232,8 @@ impl SnowClient {
             Some(p) => self.resolve(vec![p]).await?.pop(),
             None => None,
         };
-        let status = scalar(record.get("state"))
-            .map(|code| parse::state_name(&table, &code, None, options));
+        let status =
+            scalar(record.get("state")).map(|code| parse::state_name(&table, &code, None, options));
         Ok(Confirmation {
             status,
             approval,
@@ -528,14 +530,21 @@ mod tests {
         let now = Timestamp::from_second(1_741_942_000).expect("ts");
         let h = headers(&[("x-ratelimit-reset", "1741942120")]);
         assert_eq!(retry_hint(429, &h, now), Some(Duration::from_secs(120)));
-        assert_eq!(retry_hint(503, &h, now), None, "the reset belongs to rate limiting");
+        assert_eq!(
+            retry_hint(503, &h, now),
+            None,
+            "the reset belongs to rate limiting"
+        );
         let past = headers(&[("x-ratelimit-reset", "1741941000")]);
         assert_eq!(retry_hint(429, &past, now), None);
         let far = headers(&[("x-ratelimit-reset", "9999999999")]);
         assert_eq!(retry_hint(429, &far, now), Some(MAX_RETRY_AFTER));
         let iso = headers(&[("x-ratelimit-reset", "2025-03-14T08:48:40Z")]);
         assert_eq!(retry_hint(429, &iso, now), Some(Duration::from_secs(120)));
-        assert_eq!(retry_hint(429, &headers(&[("x-ratelimit-reset", "soon")]), now), None);
+        assert_eq!(
+            retry_hint(429, &headers(&[("x-ratelimit-reset", "soon")]), now),
+            None
+        );
     }
 
     #[test]
@@ -546,11 +555,16 @@ mod tests {
             Some("Rate limit exceeded: Rate limit of 10 requests per hour for Table API exceeded")
         );
         assert_eq!(
-            error_detail(br#"{"error":{"message":"No Record found","detail":null},"status":"failure"}"#)
-                .as_deref(),
+            error_detail(
+                br#"{"error":{"message":"No Record found","detail":null},"status":"failure"}"#
+            )
+            .as_deref(),
             Some("No Record found")
         );
-        assert_eq!(error_detail(br#"{"error":"Operation failed"}"#).as_deref(), Some("Operation failed"));
+        assert_eq!(
+            error_detail(br#"{"error":"Operation failed"}"#).as_deref(),
+            Some("Operation failed")
+        );
         assert_eq!(error_detail(b"<html>Bad gateway</html>"), None);
         assert_eq!(error_detail(br#"{"result":{}}"#), None);
     }

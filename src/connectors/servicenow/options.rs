@@ -211,8 +211,8 @@ mod tests {
 
     #[test]
     fn aliases_name_no_code() {
-        let o = parse(r#"states = { "In Progress" = "2", "Work in Progress" = "2" }"#)
-            .expect("valid");
+        let o =
+            parse(r#"states = { "In Progress" = "2", "Work in Progress" = "2" }"#).expect("valid");
         assert_eq!(o.state_name("2"), None);
         assert_eq!(o.state_code("Work in Progress"), Some("2"));
     }

@@ -77,7 +77,9 @@ pub(crate) fn parse_body(
         Some(_) => Err(err("field `result` is not an object or a list".to_owned())),
         None => match top.get("record") {
             // The shared Business Rule payload.
-            Some(Value::Object(record)) => ctx.event(Some(top), record).map(|e| vec![e]).map_err(err),
+            Some(Value::Object(record)) => {
+                ctx.event(Some(top), record).map(|e| vec![e]).map_err(err)
+            }
             Some(Value::Null) | None => {
                 // A flat script payload or a bare record: the top level is the record.
                 ctx.event(Some(top), top).map(|e| vec![e]).map_err(err)
@@ -128,7 +130,9 @@ impl Ctx<'_> {
         if !is_table_name(&table) {
             return Err("field `table` is not a ServiceNow table name".to_owned());
         }
-        let changes = envelope.and_then(|e| e.get("changes")).and_then(Value::as_object);
+        let changes = envelope
+            .and_then(|e| e.get("changes"))
+            .and_then(Value::as_object);
         let delivery = Delivery {
             table,
             sys_id,
@@ -136,7 +140,8 @@ impl Ctx<'_> {
             changes,
             previous_state: envelope.and_then(|e| scalar(e.get("previous_state"))),
             operation: from_envelope("operation").map(|s| s.to_ascii_lowercase()),
-            updated_by: from_envelope("sys_updated_by").or_else(|| scalar(record.get("sys_updated_by"))),
+            updated_by: from_envelope("sys_updated_by")
+                .or_else(|| scalar(record.get("sys_updated_by"))),
             occurred_at: envelope
                 .and_then(|e| e.get("sys_updated_on"))
                 .and_then(date)
@@ -350,9 +355,20 @@ impl ApprovalState {
         let norm: String = s
             .trim()
             .chars()
-            .map(|c| if c == '_' { ' ' } else { c.to_ascii_lowercase() })
+            .map(|c| {
+                if c == '_' {
+                    ' '
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            })
             .collect();
-        match norm.split_whitespace().collect::<Vec<_>>().join(" ").as_str() {
+        match norm
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .as_str()
+        {
             "" | "not requested" | "not yet requested" => Self::NotRequested,
             "requested" => Self::Requested,
             "approved" => Self::Approved,
@@ -415,7 +431,10 @@ pub(crate) fn confirmed_approval(
             .map(|(r, _)| r)
             .collect();
         let mut approvers: Vec<Person> = Vec::new();
-        for p in picked.iter().filter_map(|r| reference_person(r.get("approver"))) {
+        for p in picked
+            .iter()
+            .filter_map(|r| reference_person(r.get("approver")))
+        {
             if !approvers.iter().any(|a| a.id == p.id && a.name == p.name) {
                 approvers.push(p);
             }
@@ -481,7 +500,12 @@ fn builtin_states(table: &str) -> &'static [(&'static str, &'static str)] {
 
 /// The name of state `code` in `table`: the built-in map, then the connector's `states` option
 /// (for custom codes), then the display value the delivery carried, else the code itself.
-pub(crate) fn state_name(table: &str, code: &str, shown: Option<&str>, options: &Options) -> String {
+pub(crate) fn state_name(
+    table: &str,
+    code: &str,
+    shown: Option<&str>,
+    options: &Options,
+) -> String {
     let code = code.trim();
     builtin_states(table)
         .iter()
@@ -726,7 +750,12 @@ mod tests {
         assert_eq!(e.ticket.key, "RITM0010001");
         assert_eq!(
             e.ticket.url.as_deref(),
-            Some(format!("https://example.service-now.com/nav_to.do?uri=sc_req_item.do?sys_id={RITM}").as_str())
+            Some(
+                format!(
+                    "https://example.service-now.com/nav_to.do?uri=sc_req_item.do?sys_id={RITM}"
+                )
+                .as_str()
+            )
         );
         assert_eq!(e.ticket.status.as_deref(), Some("Work in Progress"));
         assert_eq!(e.ticket.summary.as_deref(), Some("Local admin on WS-0042"));
@@ -748,11 +777,17 @@ mod tests {
         );
         let approval = e.approval.expect("approval");
         assert_eq!(approval.state, "approved");
-        assert!(approval.approvers.is_empty(), "approvers come from approval rows only");
+        assert!(
+            approval.approvers.is_empty(),
+            "approvers come from approval rows only"
+        );
         assert_eq!(e.occurred_at, "2025-03-14T08:41:37Z".parse().expect("ts"));
         assert_eq!(e.fields["state"], "2", "the code stays in fields");
         assert_eq!(e.fields["u_target"], "WS-0042");
-        assert_eq!(e.fields["requested_for"], ALICE, "references flatten to their sys_id");
+        assert_eq!(
+            e.fields["requested_for"], ALICE,
+            "references flatten to their sys_id"
+        );
         assert_eq!(e.payload["event_id"], format!("{RITM}:4"));
     }
 
@@ -760,7 +795,10 @@ mod tests {
     fn the_body_never_names_an_approver_with_an_identity() {
         let e = one(&ritm_approved());
         let actor = e.actor.expect("actor");
-        assert!(actor.is_anonymous(), "sys_updated_by is a display hint only: {actor:?}");
+        assert!(
+            actor.is_anonymous(),
+            "sys_updated_by is a display hint only: {actor:?}"
+        );
         assert_eq!(actor.name.as_deref(), Some("bob.approver"));
     }
 
@@ -821,9 +859,19 @@ mod tests {
             let e = one(&body);
             assert_eq!(e.kind, kind, "state {code}");
             assert_eq!(e.ticket.status.as_deref(), Some(name));
-            assert_eq!(e.status_change.expect("change").from.as_deref(), Some("In Progress"));
-            assert_eq!(e.requester.expect("requester").id.as_deref(), Some(BOB), "bare reference");
-            assert_eq!(e.approval, None, "\"not requested\" means no approval in play");
+            assert_eq!(
+                e.status_change.expect("change").from.as_deref(),
+                Some("In Progress")
+            );
+            assert_eq!(
+                e.requester.expect("requester").id.as_deref(),
+                Some(BOB),
+                "bare reference"
+            );
+            assert_eq!(
+                e.approval, None,
+                "\"not requested\" means no approval in play"
+            );
         }
     }
 
@@ -848,7 +896,10 @@ mod tests {
         };
         let named = parse_with(&options, &body).expect("parses").remove(0);
         assert_eq!(named.ticket.status.as_deref(), Some("Awaiting Elevation"));
-        assert_eq!(named.status_change.expect("change").to, "Awaiting Elevation");
+        assert_eq!(
+            named.status_change.expect("change").to,
+            "Awaiting Elevation"
+        );
     }
 
     #[test]
@@ -860,17 +911,33 @@ mod tests {
         body["record"]["active"] = json!(true);
         let e = one(&body);
         assert_eq!(e.ticket.status.as_deref(), Some("Work in Progress"));
-        assert_eq!(e.status_change.expect("change").from.as_deref(), Some("Open"));
+        assert_eq!(
+            e.status_change.expect("change").from.as_deref(),
+            Some("Open")
+        );
         assert_eq!(e.fields["state"], "2");
         assert_eq!(e.fields["active"], "true");
     }
 
     #[test]
     fn not_requested_is_spelled_two_ways() {
-        for spelling in ["not requested", "not yet requested", "Not Yet Requested", "not_requested", ""] {
-            assert_eq!(ApprovalState::parse(spelling), ApprovalState::NotRequested, "{spelling:?}");
+        for spelling in [
+            "not requested",
+            "not yet requested",
+            "Not Yet Requested",
+            "not_requested",
+            "",
+        ] {
+            assert_eq!(
+                ApprovalState::parse(spelling),
+                ApprovalState::NotRequested,
+                "{spelling:?}"
+            );
         }
-        assert_eq!(ApprovalState::parse("not_required"), ApprovalState::NotRequired);
+        assert_eq!(
+            ApprovalState::parse("not_required"),
+            ApprovalState::NotRequired
+        );
         assert_eq!(ApprovalState::parse("approved "), ApprovalState::Approved);
         assert_eq!(ApprovalState::parse("approved-ish"), ApprovalState::Unknown);
         assert_eq!(ApprovalState::Unknown.normalized(), None);
@@ -890,7 +957,11 @@ mod tests {
             "u_duration": {"display_value": "2h", "value": "2h"}
         }});
         let e = one(&body);
-        assert_eq!(e.kind, EventKind::Updated, "a plain record carries no change");
+        assert_eq!(
+            e.kind,
+            EventKind::Updated,
+            "a plain record carries no change"
+        );
         assert_eq!(e.ticket.id, RITM);
         assert_eq!(e.ticket.key, "RITM0010001");
         assert_eq!(e.ticket.status.as_deref(), Some("Work in Progress"));
@@ -903,7 +974,11 @@ mod tests {
                 name: Some("Alice Example".into())
             })
         );
-        assert_eq!(e.occurred_at, "2025-03-14T08:41:37Z".parse().expect("ts"), "the UTC value, not the display");
+        assert_eq!(
+            e.occurred_at,
+            "2025-03-14T08:41:37Z".parse().expect("ts"),
+            "the UTC value, not the display"
+        );
         assert_eq!(e.fields["state"], "2");
         assert_eq!(e.fields["_display"]["state"], "Work in Progress");
         assert_eq!(e.fields["_display"]["requested_for"], "Alice Example");
@@ -915,7 +990,11 @@ mod tests {
             "approval": "requested", "caller_id": BOB, "opened_by": ALICE,
             "sys_updated_on": "2016-01-22 14:12:37"});
         let e = one(&body);
-        assert_eq!(e.ticket.project.as_deref(), Some("incident"), "recognized by its number");
+        assert_eq!(
+            e.ticket.project.as_deref(),
+            Some("incident"),
+            "recognized by its number"
+        );
         assert_eq!(e.ticket.status.as_deref(), Some("New"));
         assert_eq!(e.requester.expect("requester").id.as_deref(), Some(BOB));
         assert_eq!(e.approval.expect("approval").state, "pending");
@@ -963,7 +1042,12 @@ mod tests {
         assert_eq!(e.ticket.key, RITM, "the key is unknown until confirmed");
         assert_eq!(
             e.ticket.url.as_deref(),
-            Some(format!("https://example.service-now.com/nav_to.do?uri=sc_req_item.do?sys_id={RITM}").as_str())
+            Some(
+                format!(
+                    "https://example.service-now.com/nav_to.do?uri=sc_req_item.do?sys_id={RITM}"
+                )
+                .as_str()
+            )
         );
         let alice = Person {
             id: Some(ALICE.into()),
@@ -974,7 +1058,10 @@ mod tests {
         let approval = e.approval.expect("approval");
         assert_eq!(approval.state, "approved");
         assert_eq!(approval.approvers, vec![alice]);
-        assert_eq!(approval.decided_at, Some("2025-03-14T08:41:37Z".parse().expect("ts")));
+        assert_eq!(
+            approval.decided_at,
+            Some("2025-03-14T08:41:37Z".parse().expect("ts"))
+        );
         assert_eq!(e.requester, None);
         assert_eq!(e.status_change, None);
     }
@@ -1003,7 +1090,11 @@ mod tests {
         assert_eq!(e.approval.expect("approval").state, "pending");
         body["state"] = json!("approved");
         body["previous_state"] = json!("approved");
-        assert_eq!(one(&body).kind, EventKind::Updated, "no transition, no news");
+        assert_eq!(
+            one(&body).kind,
+            EventKind::Updated,
+            "no transition, no news"
+        );
         body["state"] = json!("not_required");
         body["previous_state"] = json!("requested");
         let e = one(&body);
@@ -1054,7 +1145,10 @@ mod tests {
                 .as_deref()
                 .is_some_and(|u| u.starts_with("https://example.service-now.com/")),
         );
-        assert_eq!(table_in_url(e.ticket.url.as_deref().expect("url")).as_deref(), Some("sc_req_item"));
+        assert_eq!(
+            table_in_url(e.ticket.url.as_deref().expect("url")).as_deref(),
+            Some("sc_req_item")
+        );
     }
 
     #[test]
@@ -1068,17 +1162,31 @@ mod tests {
         let approved = row("approved", ALICE, "2025-03-14 08:41:37");
         let pending = row("requested", BOB, "2025-03-14 08:00:00");
 
-        let c = confirmed_approval(ApprovalState::Approved, &[pending.clone(), approved.clone()])
-            .expect("in play");
+        let c = confirmed_approval(
+            ApprovalState::Approved,
+            &[pending.clone(), approved.clone()],
+        )
+        .expect("in play");
         assert_eq!(c.state, "approved");
         assert_eq!(c.approvers.len(), 1);
         assert_eq!(c.approvers[0].id.as_deref(), Some(ALICE));
-        assert_eq!(c.decided_at, Some("2025-03-14T08:41:37Z".parse().expect("ts")));
+        assert_eq!(
+            c.decided_at,
+            Some("2025-03-14T08:41:37Z".parse().expect("ts"))
+        );
 
-        let c = confirmed_approval(ApprovalState::Requested, std::slice::from_ref(&approved)).expect("in play");
-        assert_eq!(c.state, "pending", "a row alone does not approve the ticket");
-        let c = confirmed_approval(ApprovalState::Approved, std::slice::from_ref(&pending)).expect("in play");
-        assert_eq!(c.state, "pending", "the ticket field alone does not approve");
+        let c = confirmed_approval(ApprovalState::Requested, std::slice::from_ref(&approved))
+            .expect("in play");
+        assert_eq!(
+            c.state, "pending",
+            "a row alone does not approve the ticket"
+        );
+        let c = confirmed_approval(ApprovalState::Approved, std::slice::from_ref(&pending))
+            .expect("in play");
+        assert_eq!(
+            c.state, "pending",
+            "the ticket field alone does not approve"
+        );
         let c = confirmed_approval(ApprovalState::Approved, &[]).expect("in play");
         assert_eq!(c.state, "pending");
 
@@ -1101,8 +1209,14 @@ mod tests {
             states: [("In Progress".to_owned(), "2".to_owned())].into(),
             ..Options::default()
         };
-        assert_eq!(state_code("sc_req_item", "In Progress", &o).as_deref(), Some("2"));
-        assert_eq!(state_code("sc_req_item", "closed complete", &o).as_deref(), Some("3"));
+        assert_eq!(
+            state_code("sc_req_item", "In Progress", &o).as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            state_code("sc_req_item", "closed complete", &o).as_deref(),
+            Some("3")
+        );
         assert_eq!(state_code("incident", "Resolved", &o).as_deref(), Some("6"));
         assert_eq!(state_code("incident", " 7 ", &o).as_deref(), Some("7"));
         assert_eq!(state_code("incident", "-5", &o).as_deref(), Some("-5"));
@@ -1112,9 +1226,18 @@ mod tests {
 
     #[test]
     fn dates_are_utc_without_a_zone() {
-        assert_eq!(date(&json!("2016-01-22 14:12:37")), Some("2016-01-22T14:12:37Z".parse().expect("ts")));
-        assert_eq!(date(&json!("2016-01-22T14:12:37Z")), Some("2016-01-22T14:12:37Z".parse().expect("ts")));
-        assert_eq!(date(&json!({"display_value": "x", "value": "2016-01-22 14:12:37"})).is_some(), true);
+        assert_eq!(
+            date(&json!("2016-01-22 14:12:37")),
+            Some("2016-01-22T14:12:37Z".parse().expect("ts"))
+        );
+        assert_eq!(
+            date(&json!("2016-01-22T14:12:37Z")),
+            Some("2016-01-22T14:12:37Z".parse().expect("ts"))
+        );
+        assert_eq!(
+            date(&json!({"display_value": "x", "value": "2016-01-22 14:12:37"})),
+            Some("2016-01-22T14:12:37Z".parse().expect("ts"))
+        );
         assert_eq!(date(&json!("yesterday")), None);
         assert_eq!(date(&json!(12)), None);
     }
@@ -1134,12 +1257,22 @@ mod tests {
                 prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
                 prop::collection::btree_map(
                     prop_oneof![
-                        Just("table".to_owned()), Just("sys_id".to_owned()), Just("record".to_owned()),
-                        Just("result".to_owned()), Just("changes".to_owned()), Just("state".to_owned()),
-                        Just("approval".to_owned()), Just("sysapproval".to_owned()), Just("approver".to_owned()),
-                        Just("previous".to_owned()), Just("current".to_owned()), Just("value".to_owned()),
-                        Just("display_value".to_owned()), Just("number".to_owned()),
-                        Just("previous_state".to_owned()), Just("operation".to_owned()),
+                        Just("table".to_owned()),
+                        Just("sys_id".to_owned()),
+                        Just("record".to_owned()),
+                        Just("result".to_owned()),
+                        Just("changes".to_owned()),
+                        Just("state".to_owned()),
+                        Just("approval".to_owned()),
+                        Just("sysapproval".to_owned()),
+                        Just("approver".to_owned()),
+                        Just("previous".to_owned()),
+                        Just("current".to_owned()),
+                        Just("value".to_owned()),
+                        Just("display_value".to_owned()),
+                        Just("number".to_owned()),
+                        Just("previous_state".to_owned()),
+                        Just("operation".to_owned()),
                         "[a-z_]{1,8}",
                     ],
                     inner,
