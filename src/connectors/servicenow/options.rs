@@ -241,6 +241,27 @@ mod tests {
         assert!(p[0].key.starts_with("states"), "{:?}", p[0]);
     }
 
+    #[test]
+    fn the_shipped_example_file_is_valid() {
+        let mut t: toml::Table =
+            toml::from_str(include_str!("../../../connectors/servicenow.toml.example"))
+                .expect("toml");
+        for shared in [
+            "id",
+            "kind",
+            "base_url",
+            "inbound",
+            "outbound",
+            "confirm_approvals",
+            "timeout",
+        ] {
+            t.remove(shared);
+        }
+        let o = Options::from_table(&t, Path::new("servicenow.toml.example")).expect("valid");
+        assert_eq!(o.journal_field, JournalField::WorkNotes);
+        assert_eq!(o.state_code("In Progress"), Some("2"));
+    }
+
     proptest! {
         #[test]
         fn table_names_never_carry_path_or_query_characters(s in "(?s).{0,100}") {
