@@ -924,3 +924,55 @@ fn refs_that_could_escape_the_path_are_refused_before_any_call() {
     }
     assert_eq!(sys_id_of(&ticket(RITM, None)), Ok(RITM));
 }
+
+/// A body produced by running `connectors/servicenow/business-rule.js` under a mock of the Glide
+/// APIs (approval requested → approved on RITM0010001), with the `X-Signature` it computed for
+/// the secret `topsecret`.
+const BR_BODY: &str = include_str!("testdata/business-rule-ritm-approved.json");
+const BR_SIGNATURE: &str = "NqQAx422YctGEr1AxOOwmM6Vs/wxrVx6iNu4WhHM2W0=";
+
+#[test]
+fn the_shipped_business_rule_payload_verifies_and_parses() {
+    let tag = INBOUND_DEFAULTS
+        .encoding
+        .decode(
+            BR_SIGNATURE
+                .strip_prefix(INBOUND_DEFAULTS.prefix)
+                .expect("prefix"),
+        )
+        .expect("base64");
+    crate::signatures::verify_hmac_sha256(b"topsecret", BR_BODY.as_bytes(), &tag)
+        .expect("the Business Rule's signature verifies with the kind's defaults");
+
+    let c = connector(Url::parse("https://dev1234.service-now.com").expect("url"));
+    let d = RawDelivery {
+        headers: vec![("X-Signature".into(), BR_SIGNATURE.into())],
+        body: BR_BODY.as_bytes().to_vec(),
+    };
+    assert_eq!(c.dedupe_key(&d), format!("servicenow:{RITM}:5"));
+    let events = c.parse(&d).expect("parses");
+    let e = &events[0];
+    assert_eq!(e.kind, EventKind::Approved);
+    assert_eq!(e.ticket.key, "RITM0010001");
+    assert_eq!(
+        e.ticket.summary.as_deref(),
+        Some("Local admin on WS-0042 — café")
+    );
+    assert_eq!(
+        e.status_change.as_ref().map(|s| s.to.as_str()),
+        Some("Work in Progress")
+    );
+    assert_eq!(
+        e.requester.as_ref().and_then(|p| p.id.as_deref()),
+        Some(ALICE)
+    );
+    assert_eq!(e.fields["u_target"], "WS-0042");
+    assert!(
+        e.fields.get("work_notes").is_none(),
+        "journal fields are not sent"
+    );
+    assert!(
+        e.fields.get("u_secret").is_none(),
+        "password fields are not sent"
+    );
+}
