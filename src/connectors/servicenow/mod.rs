@@ -3,9 +3,9 @@
 //! Owns both directions of ServiceNow's wire format (`itsm-wire-formats.md`, section 2).
 //! ServiceNow has no signed webhook of its own, so deliveries come from the Business Rule shipped
 //! in `connectors/servicenow/business-rule.js` (signed `X-Signature: base64(HMAC-SHA256)`, see
-//! [`INBOUND_DEFAULTS`]) or from other scripts posting Table API records; [`parse`] accepts all
+//! [`INBOUND_DEFAULTS`]) or from other scripts posting Table API records; the parser accepts all
 //! of these shapes. Because a script is only a trigger, approvals are confirmed through the Table
-//! API ([`client`]): the ticket's `approval` field, its `sysapproval_approver` rows and the
+//! API: the ticket's `approval` field, its `sysapproval_approver` rows and the
 //! approvers' `sys_user` records. Writebacks append to a journal field and set `state` codes.
 
 mod client;
