@@ -201,6 +201,7 @@ impl StatusTable {
             entries.retain(|(n, c)| !n.eq_ignore_ascii_case(name) && c != code);
             entries.push((name.to_owned(), *code));
         }
+        entries.sort_by_key(|(_, c)| *c);
         Self { entries }
     }
 

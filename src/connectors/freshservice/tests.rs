@@ -16,6 +16,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use super::options::StatusTable;
 use super::*;
 use crate::ticket::EventKind;
 
@@ -914,4 +915,127 @@ fn delivery_is_parsed_and_deduplicated_through_the_trait() {
 fn inbound_defaults_are_the_x_api_key_header() {
     assert_eq!(INBOUND_DEFAULTS.header, "X-Api-Key");
     assert_eq!(INBOUND_DEFAULTS.prefix, "");
+}
+
+/// The keys every connector kind shares; the rest of a file is the kind's own options.
+const SHARED_KEYS: [&str; 7] = [
+    "id",
+    "kind",
+    "base_url",
+    "inbound",
+    "outbound",
+    "confirm_approvals",
+    "timeout",
+];
+
+fn example_file(uncomment_options: bool) -> toml::Table {
+    let text = include_str!("../../../connectors/freshservice.toml.example");
+    let text: String = if uncomment_options {
+        text.lines()
+            .map(|l| {
+                ["private_notes", "min_remaining", "statuses"]
+                    .iter()
+                    .find_map(|k| l.strip_prefix("# ").filter(|rest| rest.starts_with(k)))
+                    .unwrap_or(l)
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    } else {
+        text.to_owned()
+    };
+    text.parse().expect("the example is TOML")
+}
+
+#[test]
+fn shipped_example_connector_file_is_valid_with_and_without_its_options() {
+    let path = std::path::Path::new("connectors/freshservice.toml");
+    for uncomment in [false, true] {
+        let mut file = example_file(uncomment);
+        assert_eq!(file["kind"].as_str(), Some("freshservice"));
+        let inbound: crate::ingress::auth::InboundConfig =
+            file["inbound"].clone().try_into().expect("inbound");
+        let secrets = crate::config::MapSecrets::from_pairs([
+            ("FRESHSERVICE_WEBHOOK_SECRET", "shared-secret"),
+            ("FRESHSERVICE_API_KEY", API_KEY),
+        ]);
+        crate::ingress::auth::InboundAuth::from_config(&inbound, &INBOUND_DEFAULTS, &secrets, path)
+            .expect("header auth resolves");
+        let outbound: crate::connectors::OutboundConfig =
+            file["outbound"].clone().try_into().expect("outbound");
+        assert!(matches!(
+            OutboundAuth::resolve(&outbound, &secrets).expect("resolves"),
+            OutboundAuth::ApiKey { .. }
+        ));
+        for k in SHARED_KEYS {
+            file.remove(k);
+        }
+        assert_eq!(file.is_empty(), !uncomment);
+        let options = Options::from_table(&file, path).expect("valid options");
+        assert_eq!(options.private_notes, Options::default().private_notes);
+        assert_eq!(options.min_remaining, Options::default().min_remaining);
+        assert_eq!(options.status_table(), StatusTable::default());
+    }
+}
+
+/// Renders the shipped workflow body the way Freshservice substitutes placeholders: as text.
+fn render_workflow_body(values: &[(&str, &str)]) -> Vec<u8> {
+    let mut body =
+        include_str!("../../../connectors/freshservice/workflow-webhook.json").to_owned();
+    for (placeholder, value) in values {
+        body = body.replace(placeholder, value);
+    }
+    body.into_bytes()
+}
+
+#[test]
+fn shipped_workflow_body_renders_into_an_approval_trigger() {
+    let c = connector(Url::parse("https://example.freshservice.com").expect("url"));
+    let body = render_workflow_body(&[
+        ("{{ticket.id}}", "123"),
+        ("{{ticket.status}}", "Open"),
+        ("{{ticket.approval_status}}", "Approved"),
+        ("{{ticket.requester.email}}", "rita@example.com"),
+        ("{{ticket.updated_at}}", "2025-03-14T08:41:37Z"),
+    ]);
+    assert!(
+        !String::from_utf8_lossy(&body).contains("{{"),
+        "every placeholder rendered"
+    );
+    let delivery = RawDelivery {
+        headers: vec![],
+        body,
+    };
+    let events = c.parse(&delivery).expect("parses");
+    assert_eq!(events[0].kind, EventKind::Approved);
+    assert_eq!(events[0].ticket.id, "123");
+    assert_eq!(
+        events[0]
+            .requester
+            .as_ref()
+            .and_then(|r| r.email.as_deref()),
+        Some("rita@example.com")
+    );
+    assert_eq!(
+        c.dedupe_key(&delivery),
+        "freshservice:123:2025-03-14T08:41:37Z:approval_updated"
+    );
+}
+
+#[test]
+fn shipped_workflow_body_with_nothing_rendered_is_refused() {
+    let c = connector(Url::parse("https://example.freshservice.com").expect("url"));
+    let body = render_workflow_body(&[
+        ("{{ticket.id}}", ""),
+        ("{{ticket.status}}", ""),
+        ("{{ticket.approval_status}}", ""),
+        ("{{ticket.requester.email}}", ""),
+        ("{{ticket.updated_at}}", ""),
+    ]);
+    let err = c
+        .parse(&RawDelivery {
+            headers: vec![],
+            body,
+        })
+        .expect_err("an approval naming no ticket");
+    assert!(err.reason.contains("`ticket_id`"), "{err}");
 }
