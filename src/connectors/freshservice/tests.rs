@@ -510,10 +510,9 @@ async fn unknown_approval_status_is_not_approved() {
         .approval
         .expect("approval");
     assert_ne!(approval.state, "approved");
-    let mut a = lock(&s);
-    a.tickets
+    lock(&s)
+        .tickets
         .insert("123".into(), ticket_view("Not Requested", 4, 2));
-    drop(a);
     let approval = c
         .confirm(&ticket("123"))
         .await
