@@ -182,9 +182,7 @@ async fn gatekeeper(State(core): State<Arc<Core>>, mut request: Request, next: N
             Some(user) => {
                 let verdict = core.count_rate(&user).await;
                 match verdict {
-                    Some(v) if v.exceeded.is_some() => {
-                        over_limit(&v, v.exceeded.unwrap_or(1))
-                    }
+                    Some(v) if v.exceeded.is_some() => over_limit(&v, v.exceeded.unwrap_or(1)),
                     _ => {
                         request.extensions_mut().insert(Viewer(user));
                         let mut response = next.run(request).await;
@@ -281,11 +279,7 @@ async fn list(
         .iter()
         .filter(|r| r.schema.name == table || (table == "task" && r.schema.is_task))
         .filter(|r| {
-            parsed.matches(&|field: &str| {
-                r.schema
-                    .kind(field)
-                    .map(|_| r.get(field).to_owned())
-            })
+            parsed.matches(&|field: &str| r.schema.kind(field).map(|_| r.get(field).to_owned()))
         })
         .collect();
     for (field, descending) in parsed.order.iter().rev() {
@@ -331,7 +325,12 @@ async fn get_record(
     let Some(record) = state.find(&table, &sys_id) else {
         return no_record();
     };
-    let doc = model::render(&*state as &dyn Lookup, &core.base, record, &render_options(&q));
+    let doc = model::render(
+        &*state as &dyn Lookup,
+        &core.base,
+        record,
+        &render_options(&q),
+    );
     (StatusCode::OK, axum::Json(json!({"result": doc}))).into_response()
 }
 
@@ -382,8 +381,7 @@ async fn update(
         }) else {
             return no_record();
         };
-        let events = match core.update_locked(&mut state, idx, &input, display_input, &viewer.0)
-        {
+        let events = match core.update_locked(&mut state, idx, &input, display_input, &viewer.0) {
             Ok(events) => events,
             Err(e) => return write_rejected(e),
         };
@@ -428,7 +426,11 @@ async fn insert(
             .get(idx)
             .map(|r| r.sys_id().to_owned())
             .unwrap_or_default();
-        (core.render(&state, idx, &render_options(&q)), sys_id, events)
+        (
+            core.render(&state, idx, &render_options(&q)),
+            sys_id,
+            events,
+        )
     };
     core.emit_for_api(events).await;
     let mut response = if suppress_body(&headers) {

@@ -16,8 +16,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{
-    Core, Delivery, FaultWindow, NewRequest, Outage, PendingEvent, RateLimitRule, Remaining,
-    RateState, unix_after,
+    Core, Delivery, FaultWindow, NewRequest, Outage, PendingEvent, RateLimitRule, RateState,
+    Remaining, unix_after,
 };
 use crate::error::SimError;
 
@@ -224,10 +224,7 @@ struct OutageReq {
     retry_after: Option<u64>,
 }
 
-async fn outage(
-    State(core): State<Arc<Core>>,
-    axum::Json(req): axum::Json<OutageReq>,
-) -> Response {
+async fn outage(State(core): State<Arc<Core>>, axum::Json(req): axum::Json<OutageReq>) -> Response {
     let window = match (req.requests, req.seconds) {
         (Some(n), _) => FaultWindow::Requests(n),
         (None, Some(s)) => FaultWindow::For(Duration::from_secs(s)),

@@ -588,12 +588,7 @@ impl Core {
     pub(crate) async fn count_rate(&self, user_name: &str) -> Option<RateVerdict> {
         let mut state = self.state.lock().await;
         let rate = state.rate.as_mut()?;
-        if rate
-            .rule
-            .user
-            .as_deref()
-            .is_some_and(|u| u != user_name)
-        {
+        if rate.rule.user.as_deref().is_some_and(|u| u != user_name) {
             return None;
         }
         let now = Instant::now();
@@ -736,10 +731,7 @@ impl Core {
             );
             if closed {
                 set.push(("active".into(), "false".into()));
-                set.push((
-                    "closed_at".into(),
-                    model::glide_datetime(Timestamp::now()),
-                ));
+                set.push(("closed_at".into(), model::glide_datetime(Timestamp::now())));
             }
         }
         let mut events = Vec::new();
@@ -856,10 +848,7 @@ impl Core {
                 ("state".into(), closed.into()),
                 ("stage".into(), "Request Cancelled".into()),
                 ("active".into(), "false".into()),
-                (
-                    "closed_at".into(),
-                    model::glide_datetime(Timestamp::now()),
-                ),
+                ("closed_at".into(), model::glide_datetime(Timestamp::now())),
             ]
         } else if approved {
             vec![
@@ -1473,7 +1462,12 @@ impl ServiceNowSim {
     }
 
     /// Sets a task's `state` (a code like `"3"`, or a label like `"Closed Complete"`) as `actor`.
-    pub async fn set_state(&self, task: &str, state: &str, actor: &str) -> Result<Outcome, SimError> {
+    pub async fn set_state(
+        &self,
+        task: &str,
+        state: &str,
+        actor: &str,
+    ) -> Result<Outcome, SimError> {
         let mut input = Map::new();
         input.insert("state".into(), state.into());
         self.update("task", task, input, actor).await
@@ -1602,8 +1596,7 @@ impl ServiceNowSim {
 
     /// Injects a 503 outage (replacing any previous one).
     pub async fn outage(&self, outage: Outage) {
-        self.core.state.lock().await.outage =
-            Some((outage, Remaining::from_window(outage.window)));
+        self.core.state.lock().await.outage = Some((outage, Remaining::from_window(outage.window)));
     }
 
     /// Removes the outage and the rate-limit rule.

@@ -524,8 +524,7 @@ pub fn normalise(
             }
         }
         FieldKind::DateTime => {
-            if text.is_empty()
-                || jiff::civil::DateTime::strptime("%Y-%m-%d %H:%M:%S", text).is_ok()
+            if text.is_empty() || jiff::civil::DateTime::strptime("%Y-%m-%d %H:%M:%S", text).is_ok()
             {
                 Ok(text.to_owned())
             } else {
@@ -598,7 +597,10 @@ mod tests {
             doc["requested_for"]["link"],
             format!("http://x/api/now/table/sys_user/{}", "b".repeat(32))
         );
-        assert_eq!(doc["assigned_to"], "", "an empty reference is an empty string");
+        assert_eq!(
+            doc["assigned_to"], "",
+            "an empty reference is an empty string"
+        );
         opts.exclude_reference_link = true;
         assert_eq!(
             render(&Empty, "http://x", &r, &opts)["requested_for"],
@@ -626,9 +628,29 @@ mod tests {
             normalise(&Empty, &none, "sc_req_item", "state", k, "3", false).unwrap(),
             "3"
         );
-        assert!(normalise(&Empty, &none, "sc_req_item", "state", k, "Closed Complete", false).is_err());
+        assert!(
+            normalise(
+                &Empty,
+                &none,
+                "sc_req_item",
+                "state",
+                k,
+                "Closed Complete",
+                false
+            )
+            .is_err()
+        );
         assert_eq!(
-            normalise(&Empty, &none, "sc_req_item", "state", k, "closed complete", true).unwrap(),
+            normalise(
+                &Empty,
+                &none,
+                "sc_req_item",
+                "state",
+                k,
+                "closed complete",
+                true
+            )
+            .unwrap(),
             "3"
         );
         assert!(normalise(&Empty, &none, "sc_req_item", "state", k, "9", true).is_err());
