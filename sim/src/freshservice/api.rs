@@ -215,15 +215,20 @@ async fn get_agent(State(core): State<Arc<Core>>, Path(id): Path<String>) -> Res
     }
 }
 
-fn parse_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, Response> {
+/// The body as a JSON object, if it is one.
+fn parse_object(body: &Bytes) -> Option<serde_json::Map<String, Value>> {
     match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(validation_failed(vec![FieldError {
-            field: String::new(),
-            message: "Request body has invalid json format".into(),
-            code: "invalid_json",
-        }])),
+        Ok(Value::Object(map)) => Some(map),
+        _ => None,
     }
+}
+
+fn bad_json() -> Response {
+    validation_failed(vec![FieldError {
+        field: String::new(),
+        message: "Request body has invalid json format".into(),
+        code: "invalid_json",
+    }])
 }
 
 fn integer_in(field: &str, value: &Value, allowed: &[u8]) -> Result<u8, FieldError> {
@@ -265,9 +270,8 @@ async fn put_ticket(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let input = match parse_object(&body) {
-        Ok(m) => m,
-        Err(response) => return response,
+    let Some(input) = parse_object(&body) else {
+        return bad_json();
     };
     let (doc, event) = {
         let mut state = core.state.lock().await;
@@ -403,9 +407,8 @@ async fn post_note(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let input = match parse_object(&body) {
-        Ok(m) => m,
-        Err(response) => return response,
+    let Some(input) = parse_object(&body) else {
+        return bad_json();
     };
     let mut errors = Vec::new();
     let mut private = true;

@@ -334,15 +334,20 @@ async fn get_record(
     (StatusCode::OK, axum::Json(json!({"result": doc}))).into_response()
 }
 
-fn parse_object(body: &Bytes) -> Result<Map<String, Value>, Response> {
+/// The body as a JSON object, if it is one.
+fn parse_object(body: &Bytes) -> Option<Map<String, Value>> {
     match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(envelope(
-            StatusCode::BAD_REQUEST,
-            "Exception while reading request",
-            Some("The payload is not valid JSON."),
-        )),
+        Ok(Value::Object(map)) => Some(map),
+        _ => None,
     }
+}
+
+fn bad_json() -> Response {
+    envelope(
+        StatusCode::BAD_REQUEST,
+        "Exception while reading request",
+        Some("The payload is not valid JSON."),
+    )
 }
 
 fn suppress_body(headers: &HeaderMap) -> bool {
@@ -368,9 +373,8 @@ async fn update(
     if !known_table(&table) {
         return invalid_table(&table);
     }
-    let input = match parse_object(&body) {
-        Ok(m) => m,
-        Err(response) => return response,
+    let Some(input) = parse_object(&body) else {
+        return bad_json();
     };
     let display_input = flag(&q, "sysparm_input_display_value");
     let (doc, events) = {
@@ -409,9 +413,8 @@ async fn insert(
     let Some(schema) = model::schema(&table) else {
         return invalid_table(&table);
     };
-    let input = match parse_object(&body) {
-        Ok(m) => m,
-        Err(response) => return response,
+    let Some(input) = parse_object(&body) else {
+        return bad_json();
     };
     let display_input = flag(&q, "sysparm_input_display_value");
     let (doc, sys_id, events) = {

@@ -1175,6 +1175,9 @@ fn write_error(e: WriteError) -> SimError {
     SimError::InvalidInput(format!("{}: {}", e.message, e.detail))
 }
 
+/// Field writes and journal appends, each as `(field, text)`.
+type Validated = (Vec<(String, String)>, Vec<(String, String)>);
+
 /// Validates an input object against `schema`: returns the values to set and the journal
 /// entries to append, or the first error. Unknown fields are errors; `sys_*` fields are ignored.
 fn validate(
@@ -1182,7 +1185,7 @@ fn validate(
     schema: &'static Schema,
     input: &Map<String, Value>,
     display_input: bool,
-) -> Result<(Vec<(String, String)>, Vec<(String, String)>), WriteError> {
+) -> Result<Validated, WriteError> {
     let mut set = Vec::new();
     let mut notes = Vec::new();
     let by_display = |table: &str, text: &str| state.find_by_display(table, text);
