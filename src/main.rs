@@ -176,13 +176,16 @@ fn load(config: &Path) -> Result<jitbridge::config::Config> {
 async fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Serve { config } => {
+            // Register for signals before anything starts, so an early SIGTERM still shuts down
+            // gracefully instead of killing the process.
+            let signal = shutdown_signal()?;
             let cfg =
                 load(&config).with_context(|| format!("cannot start with {}", config.display()))?;
             let running =
                 jitbridge::app::start(cfg, Arc::new(jitbridge::clock::SystemClock)).await?;
             let token = running.shutdown_token();
             tokio::spawn(async move {
-                shutdown_signal().await;
+                signal.await;
                 tracing::info!("shutting down");
                 token.cancel();
             });
@@ -246,22 +249,24 @@ async fn run(command: Command) -> Result<ExitCode> {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
+/// SIGTERM or ctrl-c, registered now.
+#[cfg(unix)]
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    })
+}
+
+/// ctrl-c.
+#[cfg(not(unix))]
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

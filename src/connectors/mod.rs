@@ -4,7 +4,9 @@
 //! back as comments and state changes. Inbound authentication is generic ([`crate::ingress::auth`]);
 //! the connector only supplies its kind's defaults.
 
+pub mod freshservice;
 pub mod jira;
+pub mod servicenow;
 
 use std::time::Duration;
 
@@ -240,10 +242,14 @@ impl OutboundAuth {
 pub enum KindOptions {
     /// Jira Cloud / JSM (no kind-specific keys).
     Jira,
+    /// ServiceNow (table, journal field, state names).
+    ServiceNow(servicenow::Options),
+    /// Freshservice (private notes, pacing, status names).
+    Freshservice(freshservice::Options),
 }
 
 /// The kind names [`validate_kind`] accepts.
-pub const KINDS: &[&str] = &["jira"];
+pub const KINDS: &[&str] = &["jira", "servicenow", "freshservice"];
 
 /// Validates the kind-specific keys of a connector file (everything besides `id`, `kind`,
 /// `base_url`, `inbound`, `outbound`, `confirm_approvals`, `timeout`) and returns the kind's
@@ -270,6 +276,14 @@ pub fn validate_kind(
             no_options("jira")?;
             Ok((KindOptions::Jira, jira::INBOUND_DEFAULTS))
         }
+        "servicenow" => Ok((
+            KindOptions::ServiceNow(servicenow::Options::from_table(options, file)?),
+            servicenow::INBOUND_DEFAULTS,
+        )),
+        "freshservice" => Ok((
+            KindOptions::Freshservice(freshservice::Options::from_table(options, file)?),
+            freshservice::INBOUND_DEFAULTS,
+        )),
         other => Err(vec![crate::config::Problem::new(
             file,
             "kind",
@@ -312,6 +326,26 @@ impl Registry {
                         s.timeout,
                         client.clone(),
                     )),
+                    KindOptions::ServiceNow(o) => {
+                        std::sync::Arc::new(servicenow::ServiceNowConnector::new(
+                            s.id.clone(),
+                            s.base_url.clone(),
+                            s.outbound.clone(),
+                            s.timeout,
+                            client.clone(),
+                            o.clone(),
+                        ))
+                    }
+                    KindOptions::Freshservice(o) => {
+                        std::sync::Arc::new(freshservice::FreshserviceConnector::new(
+                            s.id.clone(),
+                            s.base_url.clone(),
+                            s.outbound.clone(),
+                            s.timeout,
+                            client.clone(),
+                            o.clone(),
+                        ))
+                    }
                 };
                 (
                     s.id.clone(),
