@@ -15,6 +15,7 @@
 
 pub mod error;
 pub mod jira;
+pub mod zendesk;
 pub mod receiver;
 mod server;
 pub mod sign;

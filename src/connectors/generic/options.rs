@@ -48,7 +48,7 @@ const SECTIONS: [&str; 5] = ["parse", "confirm", "writeback", "errors", "healthc
 /// A generic connector file, compiled: JSONPaths parsed, templates compiled, vocabularies
 /// normalized. Exists so that a delivery or an API call never meets a configuration error at
 /// run time that `jitbridge check` could have reported.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     pub(crate) parse: ParseSpec,
     pub(crate) confirm: Option<ConfirmSpec>,
@@ -58,6 +58,20 @@ pub struct Options {
     /// Template name of `[healthcheck] url`.
     pub(crate) healthcheck: Option<String>,
     pub(crate) templates: Templates,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field(
+                "confirm_requests",
+                &self.confirm.as_ref().map_or(0, |c| c.requests.len()),
+            )
+            .field("comment", &self.comment.is_some())
+            .field("status", &self.status.is_some())
+            .field("healthcheck", &self.healthcheck.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// `[parse]`, compiled.
@@ -125,10 +139,7 @@ impl Vocabulary {
     }
 
     fn defaults() -> Self {
-        let mut v = Vec::new();
-        for w in ["approved"] {
-            v.push((w.to_owned(), "approved"));
-        }
+        let mut v = vec![("approved".to_owned(), "approved")];
         for w in ["rejected", "declined", "denied"] {
             v.push((w.to_owned(), "rejected"));
         }
@@ -331,7 +342,11 @@ impl Report<'_> {
                 } else {
                     format!("{name}.{inner}")
                 };
-                self.add(key, e.inner().to_string().trim().to_owned());
+                let message = e.inner().to_string();
+                self.add(
+                    key,
+                    message.lines().next().unwrap_or_default().trim().to_owned(),
+                );
                 None
             }
         }
@@ -604,6 +619,12 @@ fn compile_parse(r: &mut Report<'_>, b: &mut Builder, p: &RawParse) -> Option<Pa
             "maps event words, but [parse] has no `event` to read them from",
         );
     }
+    if p.previous_status.is_some() && p.status.is_none() {
+        r.add(
+            "parse.previous_status",
+            "needs `status` too: a status change is from previous_status to status",
+        );
+    }
     let spec = ParseSpec {
         ticket_key: r.expr("parse.ticket_key", p.ticket_key.as_ref()),
         ticket_type: r.expr("parse.ticket_type", p.ticket_type.as_ref()),
@@ -631,12 +652,6 @@ fn compile_parse(r: &mut Report<'_>, b: &mut Builder, p: &RawParse) -> Option<Pa
         approval_values,
         events,
     };
-    if p.previous_status.is_some() && p.status.is_none() {
-        r.add(
-            "parse.previous_status",
-            "needs `status` too: a status change is from previous_status to status",
-        );
-    }
     (r.problems.len() == before).then_some(spec)
 }
 
