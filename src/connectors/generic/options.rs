@@ -19,6 +19,13 @@
 //! [healthcheck]                # a GET that proves base URL and credentials work
 //! ```
 //!
+//! `[[confirm.request]]` extractions define variables: each holds every value its JSONPath
+//! matched (one per item inside a `for_each`), later URL templates see its first value, and
+//! these names build the confirmation: `status`, `approval` (normalized by
+//! `[parse.approval_values]`; a missing or unmapped word is `unknown`, never approved),
+//! `approver_ids` / `approver_emails` / `approver_names` (aligned by position), `requester_id` /
+//! `requester_email` / `requester_name`, and `decided_at`.
+//!
 //! Every table denies unknown keys and every problem names its key path, so `jitbridge check`
 //! can point at the exact line to fix. Validation is pure: nothing here touches the network,
 //! the environment or the disk.
@@ -71,6 +78,14 @@ impl std::fmt::Debug for Options {
             .field("status", &self.status.is_some())
             .field("healthcheck", &self.healthcheck.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+impl Options {
+    /// Whether the file has `[[confirm.request]]`s. Without them every confirmation fails, so a
+    /// loader should require `confirm_approvals = false` for such a file.
+    pub fn confirms(&self) -> bool {
+        self.confirm.is_some()
     }
 }
 
