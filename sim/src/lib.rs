@@ -21,6 +21,7 @@
 pub mod error;
 pub mod freshservice;
 pub mod jira;
+pub mod zendesk;
 pub mod receiver;
 mod server;
 pub mod servicenow;
