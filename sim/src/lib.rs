@@ -21,10 +21,10 @@
 pub mod error;
 pub mod freshservice;
 pub mod jira;
-pub mod zendesk;
 pub mod receiver;
 mod server;
 pub mod servicenow;
 pub mod sign;
+pub mod zendesk;
 
 pub use error::SimError;

@@ -379,6 +379,17 @@ fn validate_connector(
                 return None;
             }
         };
+    if let crate::connectors::KindOptions::Generic(o) = &options
+        && !o.confirms()
+        && c.confirm_approvals != Some(false)
+    {
+        problems.push(Problem::new(
+            path,
+            "confirm",
+            "a generic connector confirms approvals through the API: add [[confirm.request]] entries, \
+             or set confirm_approvals = false to trust the webhook alone (not recommended)",
+        ));
+    }
     let base_url = match reqwest::Url::parse(&c.base_url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
         _ => {

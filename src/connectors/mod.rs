@@ -5,6 +5,7 @@
 //! the connector only supplies its kind's defaults.
 
 pub mod freshservice;
+pub mod generic;
 pub mod jira;
 pub mod servicenow;
 
@@ -246,10 +247,12 @@ pub enum KindOptions {
     ServiceNow(servicenow::Options),
     /// Freshservice (private notes, pacing, status names).
     Freshservice(freshservice::Options),
+    /// Any ITSM described by its connector file.
+    Generic(Box<generic::Options>),
 }
 
 /// The kind names [`validate_kind`] accepts.
-pub const KINDS: &[&str] = &["jira", "servicenow", "freshservice"];
+pub const KINDS: &[&str] = &["jira", "servicenow", "freshservice", "generic"];
 
 /// Validates the kind-specific keys of a connector file (everything besides `id`, `kind`,
 /// `base_url`, `inbound`, `outbound`, `confirm_approvals`, `timeout`) and returns the kind's
@@ -284,6 +287,8 @@ pub fn validate_kind(
             KindOptions::Freshservice(freshservice::Options::from_table(options, file)?),
             freshservice::INBOUND_DEFAULTS,
         )),
+        "generic" => generic::Options::from_table(options, file)
+            .map(|o| (KindOptions::Generic(Box::new(o)), generic::INBOUND_DEFAULTS)),
         other => Err(vec![crate::config::Problem::new(
             file,
             "kind",
@@ -346,6 +351,14 @@ impl Registry {
                             o.clone(),
                         ))
                     }
+                    KindOptions::Generic(o) => std::sync::Arc::new(generic::GenericConnector::new(
+                        s.id.clone(),
+                        s.base_url.clone(),
+                        s.outbound.clone(),
+                        s.timeout,
+                        client.clone(),
+                        (**o).clone(),
+                    )),
                 };
                 (
                     s.id.clone(),

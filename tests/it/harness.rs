@@ -1,9 +1,11 @@
-//! Starts a Jira simulator, an elevation receiver and the daemon (with its own SQLite store in a
-//! temporary directory) wired to each other, and offers the waits and looks tests need.
+//! Test infrastructure. [`Daemon`] runs the real daemon (own SQLite store in a temporary
+//! directory, real listeners on 127.0.0.1:0) with an elevation receiver as its provider, for any
+//! connector files; [`Harness`] adds the Jira simulator wired to it. Both offer the waits and
+//! looks that scenario tests need.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,16 +20,6 @@ use serde_json::json;
 pub const WEBHOOK_SECRET: &str = "test-jira-webhook-secret";
 pub const ELEVATION_SECRET: &str = "whsec_dGVzdC1lbGV2YXRpb24tc2VjcmV0LWtleQ==";
 pub const ADMIN_TOKEN: &str = "test-admin-token";
-
-/// Everything one scenario needs.
-pub struct Harness {
-    pub dir: tempfile::TempDir,
-    pub jira: JiraSim,
-    pub receiver: ElevationReceiver,
-    pub daemon: Option<Running>,
-    pub http: reqwest::Client,
-    pub config_path: PathBuf,
-}
 
 /// Knobs of the generated configuration.
 #[derive(Clone)]
@@ -83,58 +75,57 @@ cancelled = { comment = "Request cancelled before approval." }
 revoke_failed = { comment = "ALERT: revoking local admin on {{ grant.target }} keeps failing; retrying." }
 "#;
 
-impl Harness {
-    /// Simulators plus a running daemon with the default options.
-    pub async fn start() -> Self {
-        Self::start_with(Options::default()).await
-    }
+/// The real daemon with an elevation receiver, configured from connector and mapping texts.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub receiver: ElevationReceiver,
+    pub daemon: Option<Running>,
+    pub http: reqwest::Client,
+    pub config_path: PathBuf,
+    secrets: MapSecrets,
+}
 
-    /// Simulators plus a running daemon.
-    pub async fn start_with(opts: Options) -> Self {
+impl Daemon {
+    /// Writes the configuration (`connectors`: file name → text) and starts the daemon.
+    /// `secrets` are added to the receiver and admin secrets every test daemon has.
+    pub async fn start(
+        connectors: &[(&str, String)],
+        opts: &Options,
+        secrets: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let jira = JiraSim::start(JiraSimConfig::default())
-            .await
-            .expect("jira sim");
         let receiver = ElevationReceiver::start(ELEVATION_SECRET)
             .await
             .expect("receiver");
-        let config_path = write_config(dir.path(), &jira, &receiver, &opts);
-        let mut h = Self {
+        let config_path = write_main_config(dir.path(), &receiver, opts);
+        for (name, text) in connectors {
+            std::fs::write(dir.path().join("connectors").join(name), text)
+                .expect("write connector");
+        }
+        let mut all = vec![
+            ("ELEVATION_WEBHOOK_SECRET", ELEVATION_SECRET),
+            ("TEST_ADMIN_TOKEN", ADMIN_TOKEN),
+        ];
+        all.extend_from_slice(secrets);
+        let mut d = Self {
             dir,
-            jira,
             receiver,
             daemon: None,
             http: reqwest::Client::new(),
             config_path,
+            secrets: MapSecrets::from_pairs(all),
         };
-        h.start_daemon().await;
-        h
+        d.start_daemon().await;
+        d
     }
 
-    /// The secrets the test daemon resolves (no process environment is touched).
-    pub fn secrets() -> MapSecrets {
-        MapSecrets::from_pairs([
-            ("JIRA_WEBHOOK_SECRET", WEBHOOK_SECRET),
-            ("JIRA_API_TOKEN", users::API_TOKEN),
-            ("ELEVATION_WEBHOOK_SECRET", ELEVATION_SECRET),
-            ("TEST_ADMIN_TOKEN", ADMIN_TOKEN),
-        ])
-    }
-
-    /// Starts (or restarts) the daemon on the same store and points the simulator's webhook at it.
+    /// Starts (or restarts) the daemon on the same store.
     pub async fn start_daemon(&mut self) {
-        let config = jitbridge::config::load(&self.config_path, &HashMap::new(), &Self::secrets())
+        let config = jitbridge::config::load(&self.config_path, &HashMap::new(), &self.secrets)
             .expect("valid test config");
         let running = jitbridge::app::start(config, Arc::new(jitbridge::clock::SystemClock))
             .await
             .expect("daemon starts");
-        self.jira.clear_webhooks().await;
-        self.jira
-            .add_webhook(
-                &format!("http://{}/webhooks/jira", running.webhook_addr),
-                Some(WEBHOOK_SECRET),
-            )
-            .await;
         self.daemon = Some(running);
     }
 
@@ -153,38 +144,16 @@ impl Harness {
         self.daemon().service.store().clone()
     }
 
-    pub fn webhook_url(&self) -> String {
-        format!("http://{}/webhooks/jira", self.daemon().webhook_addr)
+    /// `POST /webhooks/{connector}` of the running daemon.
+    pub fn webhook_url_for(&self, connector: &str) -> String {
+        format!("http://{}/webhooks/{connector}", self.daemon().webhook_addr)
     }
 
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.daemon().admin_addr)
     }
 
-    /// Raises an elevation request as `reporter`, approvable by `approvers`.
-    pub async fn raise(
-        &self,
-        reporter: &str,
-        target: &str,
-        duration: &str,
-        approvers: &[&str],
-    ) -> String {
-        let issue = NewIssue::new(reporter, "Need local admin to install a driver")
-            .field(
-                "customfield_10050",
-                json!({"value": "Local admin", "id": "10100"}),
-            )
-            .field("customfield_10060", json!(target))
-            .field("customfield_10070", json!(duration))
-            .approval(jitbridge_sim::jira::model::ApprovalSpec::any_of(approvers));
-        self.jira
-            .create_issue(issue)
-            .await
-            .expect("issue created")
-            .key
-    }
-
-    /// All grants of a ticket, newest first.
+    /// All grants of a ticket (by key), newest first.
     pub async fn grants(&self, key: &str) -> Vec<Grant> {
         self.store()
             .list_grants(&GrantFilter {
@@ -212,6 +181,190 @@ impl Harness {
                 panic!("{key}: grant never reached {state}; last state {last:?}")
             }
         }
+    }
+
+    /// Lets in-flight work settle (for asserting that something did NOT happen).
+    pub async fn settle(&self) {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+
+    /// Audit records of one kind.
+    pub async fn audit(&self, kind: &str) -> Vec<jitbridge::audit::AuditRecord> {
+        self.store()
+            .audit_records(0, 10_000)
+            .await
+            .expect("audit")
+            .into_iter()
+            .filter(|r| r.record.kind == kind)
+            .collect()
+    }
+}
+
+/// Writes `jitbridge.toml` (provider = `receiver`) and empty `connectors/`, `mappings/` with the
+/// mapping of `opts`; returns the config file's path.
+pub fn write_main_config(dir: &Path, receiver: &ElevationReceiver, opts: &Options) -> PathBuf {
+    std::fs::create_dir_all(dir.join("connectors")).expect("mkdir");
+    std::fs::create_dir_all(dir.join("mappings")).expect("mkdir");
+    let config_path = dir.join("jitbridge.toml");
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+max_body_bytes = 65536
+
+[store]
+url = "sqlite://data/jitbridge.db"
+
+[admin]
+token_env = "TEST_ADMIN_TOKEN"
+
+[providers.endpoint-agent]
+kind = "webhook"
+url = "{receiver}"
+secret_env = "ELEVATION_WEBHOOK_SECRET"
+timeout = "2s"
+
+[workers]
+{workers}
+"#,
+        receiver = receiver.url(),
+        workers = opts.workers
+    );
+    std::fs::write(&config_path, text).expect("write config");
+    std::fs::write(dir.join("mappings/local-admin.toml"), &opts.mapping).expect("write mapping");
+    config_path
+}
+
+/// The Jira connector file for a simulator at `base`.
+pub fn jira_connector(base: &str) -> String {
+    format!(
+        r#"
+id = "jira"
+kind = "jira"
+base_url = "{base}"
+timeout = "2s"
+
+[inbound]
+auth = "hmac-sha256"
+secret_env = "JIRA_WEBHOOK_SECRET"
+
+[outbound]
+auth = "basic"
+username = "{user}"
+token_env = "JIRA_API_TOKEN"
+"#,
+        user = users::API_EMAIL
+    )
+}
+
+/// Writes the whole Jira configuration into `dir` (for tests that run the binary).
+pub fn write_config(
+    dir: &Path,
+    jira: &JiraSim,
+    receiver: &ElevationReceiver,
+    opts: &Options,
+) -> PathBuf {
+    let path = write_main_config(dir, receiver, opts);
+    std::fs::write(
+        dir.join("connectors/jira.toml"),
+        jira_connector(jira.base_url()),
+    )
+    .expect("write connector");
+    path
+}
+
+/// The Jira scenarios: a [`Daemon`] plus the Jira simulator, its webhook pointed at the daemon.
+pub struct Harness {
+    pub d: Daemon,
+    pub jira: JiraSim,
+}
+
+impl std::ops::Deref for Harness {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.d
+    }
+}
+
+impl std::ops::DerefMut for Harness {
+    fn deref_mut(&mut self) -> &mut Daemon {
+        &mut self.d
+    }
+}
+
+impl Harness {
+    /// Simulators plus a running daemon with the default options.
+    pub async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    /// Simulators plus a running daemon.
+    pub async fn start_with(opts: Options) -> Self {
+        let jira = JiraSim::start(JiraSimConfig::default())
+            .await
+            .expect("jira sim");
+        let d = Daemon::start(
+            &[("jira.toml", jira_connector(jira.base_url()))],
+            &opts,
+            &[
+                ("JIRA_WEBHOOK_SECRET", WEBHOOK_SECRET),
+                ("JIRA_API_TOKEN", users::API_TOKEN),
+            ],
+        )
+        .await;
+        let h = Self { d, jira };
+        h.point_webhook().await;
+        h
+    }
+
+    /// The secrets the Jira test daemon resolves (no process environment is touched).
+    pub fn secrets() -> MapSecrets {
+        MapSecrets::from_pairs([
+            ("JIRA_WEBHOOK_SECRET", WEBHOOK_SECRET),
+            ("JIRA_API_TOKEN", users::API_TOKEN),
+            ("ELEVATION_WEBHOOK_SECRET", ELEVATION_SECRET),
+            ("TEST_ADMIN_TOKEN", ADMIN_TOKEN),
+        ])
+    }
+
+    async fn point_webhook(&self) {
+        self.jira.clear_webhooks().await;
+        self.jira
+            .add_webhook(&self.webhook_url(), Some(WEBHOOK_SECRET))
+            .await;
+    }
+
+    /// Restarts the daemon on the same store; the simulator follows its new port.
+    pub async fn start_daemon(&mut self) {
+        self.d.start_daemon().await;
+        self.point_webhook().await;
+    }
+
+    pub fn webhook_url(&self) -> String {
+        self.webhook_url_for("jira")
+    }
+
+    /// Raises an elevation request as `reporter`, approvable by `approvers`.
+    pub async fn raise(
+        &self,
+        reporter: &str,
+        target: &str,
+        duration: &str,
+        approvers: &[&str],
+    ) -> String {
+        let issue = NewIssue::new(reporter, "Need local admin to install a driver")
+            .field(
+                "customfield_10050",
+                json!({"value": "Local admin", "id": "10100"}),
+            )
+            .field("customfield_10060", json!(target))
+            .field("customfield_10070", json!(duration))
+            .approval(jitbridge_sim::jira::model::ApprovalSpec::any_of(approvers));
+        self.jira
+            .create_issue(issue)
+            .await
+            .expect("issue created")
+            .key
     }
 
     /// The ticket's comments as plain text.
@@ -243,88 +396,6 @@ impl Harness {
         .await;
         assert!(ok.is_some(), "{key}: status never became {name}");
     }
-
-    /// Lets in-flight work settle (for asserting that something did NOT happen).
-    pub async fn settle(&self) {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-    }
-
-    /// Audit records of one kind.
-    pub async fn audit(&self, kind: &str) -> Vec<jitbridge::audit::AuditRecord> {
-        self.store()
-            .audit_records(0, 10_000)
-            .await
-            .expect("audit")
-            .into_iter()
-            .filter(|r| r.record.kind == kind)
-            .collect()
-    }
-}
-
-/// Writes `jitbridge.toml`, the Jira connector and the mapping into `dir`, wired to the
-/// simulators; returns the config file's path.
-pub fn write_config(
-    dir: &std::path::Path,
-    jira: &JiraSim,
-    receiver: &ElevationReceiver,
-    opts: &Options,
-) -> PathBuf {
-    std::fs::create_dir_all(dir.join("connectors")).expect("mkdir");
-    std::fs::create_dir_all(dir.join("mappings")).expect("mkdir");
-    let config_path = dir.join("jitbridge.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-max_body_bytes = 65536
-
-[store]
-url = "sqlite://data/jitbridge.db"
-
-[admin]
-token_env = "TEST_ADMIN_TOKEN"
-
-[providers.endpoint-agent]
-kind = "webhook"
-url = "{receiver}"
-secret_env = "ELEVATION_WEBHOOK_SECRET"
-timeout = "2s"
-
-[workers]
-{workers}
-"#,
-            receiver = receiver.url(),
-            workers = opts.workers
-        ),
-    )
-    .expect("write config");
-    std::fs::write(
-        dir.join("connectors/jira.toml"),
-        format!(
-            r#"
-id = "jira"
-kind = "jira"
-base_url = "{base}"
-timeout = "2s"
-
-[inbound]
-auth = "hmac-sha256"
-secret_env = "JIRA_WEBHOOK_SECRET"
-
-[outbound]
-auth = "basic"
-username = "{user}"
-token_env = "JIRA_API_TOKEN"
-"#,
-            base = jira.base_url(),
-            user = users::API_EMAIL
-        ),
-    )
-    .expect("write connector");
-    std::fs::write(dir.join("mappings/local-admin.toml"), &opts.mapping).expect("write mapping");
-    config_path
 }
 
 /// Polls `f` every 50 ms until it yields `Some` or `timeout` passes.
