@@ -195,14 +195,22 @@ async fn gatekeeper(State(core): State<Arc<Core>>, mut request: Request, next: N
             }
         }
     };
-    core.record_request(RequestRecord {
-        method,
-        path,
-        query,
-        status: response.status().as_u16(),
-        at,
-        instant,
-    })
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    core.record_request(
+        RequestRecord {
+            method,
+            path,
+            query,
+            status: response.status().as_u16(),
+            at,
+            instant,
+        },
+        retry_after,
+    )
     .await;
     response
 }

@@ -201,6 +201,23 @@ pub struct Outage {
     pub retry_after_secs: Option<u64>,
 }
 
+/// A `Retry-After` the instance answered (a `429` over a rate-limit rule, or a `503` outage
+/// that carried one). Exists so tests can prove a client made no call inside the pause it was
+/// asked for: [`RequestRecord`] keeps the status but not the headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pause {
+    /// HTTP method of the refused request.
+    pub method: String,
+    /// Its path, without the query.
+    pub path: String,
+    /// The status answered (`429` or `503`).
+    pub status: u16,
+    /// The `Retry-After` sent.
+    pub retry_after: Duration,
+    /// Monotonic time of arrival (the same clock as [`RequestRecord::instant`]).
+    pub instant: Instant,
+}
+
 /// How several approvers decide a RITM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ApprovalRule {
@@ -448,6 +465,7 @@ pub(crate) struct State {
     shape: PayloadShape,
     deliveries: VecDeque<Delivery>,
     requests: VecDeque<RequestRecord>,
+    pauses: VecDeque<Pause>,
     outage: Option<(Outage, Remaining)>,
     rate: Option<RateState>,
     seed: u64,
@@ -611,8 +629,20 @@ impl Core {
         })
     }
 
-    pub(crate) async fn record_request(&self, record: RequestRecord) {
-        push_bounded(&mut self.state.lock().await.requests, record);
+    /// Logs an answered request; a `Retry-After` it carried is also logged as a [`Pause`].
+    pub(crate) async fn record_request(&self, record: RequestRecord, retry_after: Option<u64>) {
+        let mut state = self.state.lock().await;
+        if let Some(secs) = retry_after {
+            let pause = Pause {
+                method: record.method.clone(),
+                path: record.path.clone(),
+                status: record.status,
+                retry_after: Duration::from_secs(secs),
+                instant: record.instant,
+            };
+            push_bounded(&mut state.pauses, pause);
+        }
+        push_bounded(&mut state.requests, record);
     }
 
     /// Renders a record under `opts`.
@@ -1346,6 +1376,7 @@ impl ServiceNowSim {
                     shape: config.payload_shape,
                     deliveries: VecDeque::new(),
                     requests: VecDeque::new(),
+                    pauses: VecDeque::new(),
                     outage: None,
                     rate,
                     seed,
@@ -1582,9 +1613,23 @@ impl ServiceNowSim {
             .collect()
     }
 
-    /// Forgets the request log.
+    /// Every `Retry-After` answered so far, oldest first.
+    pub async fn pauses(&self) -> Vec<Pause> {
+        self.core
+            .state
+            .lock()
+            .await
+            .pauses
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets the request log and the pauses.
     pub async fn clear_requests(&self) {
-        self.core.state.lock().await.requests.clear();
+        let mut state = self.core.state.lock().await;
+        state.requests.clear();
+        state.pauses.clear();
     }
 
     /// Installs (or with `None` removes) the inbound rate-limit rule; its window starts now.

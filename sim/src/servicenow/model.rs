@@ -148,7 +148,7 @@ const CAT_ITEM_FIELDS: [(&str, FieldKind); 10] = concat(
     ],
 );
 
-const RITM_FIELDS: [(&str, FieldKind); 30] = concat(
+const RITM_FIELDS: [(&str, FieldKind); 31] = concat(
     sys_fields!(),
     [
         ("number", FieldKind::Text),
@@ -169,6 +169,7 @@ const RITM_FIELDS: [(&str, FieldKind); 30] = concat(
         ("u_elevation_type", FieldKind::Text),
         ("u_target", FieldKind::Text),
         ("u_duration", FieldKind::Text),
+        ("u_account", FieldKind::Text),
         ("close_notes", FieldKind::Text),
         ("work_notes", FieldKind::Journal),
         ("comments", FieldKind::Journal),
@@ -177,7 +178,7 @@ const RITM_FIELDS: [(&str, FieldKind); 30] = concat(
     ],
 );
 
-const INCIDENT_FIELDS: [(&str, FieldKind); 27] = concat(
+const INCIDENT_FIELDS: [(&str, FieldKind); 28] = concat(
     sys_fields!(),
     [
         ("number", FieldKind::Text),
@@ -196,6 +197,7 @@ const INCIDENT_FIELDS: [(&str, FieldKind); 27] = concat(
         ("u_elevation_type", FieldKind::Text),
         ("u_target", FieldKind::Text),
         ("u_duration", FieldKind::Text),
+        ("u_account", FieldKind::Text),
         ("close_notes", FieldKind::Text),
         ("work_notes", FieldKind::Journal),
         ("comments", FieldKind::Journal),
@@ -231,7 +233,8 @@ pub static SC_CAT_ITEM: Schema = Schema {
     display_field: "name",
     is_task: false,
 };
-/// `sc_req_item`: the requested item carrying the elevation variables.
+/// `sc_req_item`: the requested item carrying the elevation variables (`u_elevation_type`,
+/// `u_target`, `u_duration`, `u_account`: catalog variables copied into custom fields).
 pub static SC_REQ_ITEM: Schema = Schema {
     name: "sc_req_item",
     fields: &RITM_FIELDS,

@@ -449,6 +449,19 @@ async fn rate_limit_rule_sends_headers_then_429_with_retry_after() {
                          "detail": "Rate limit of 2 requests per hour for Table API exceeded"},
                "status": "failure"})
     );
+    // Only the refused request is logged as a pause, with the Retry-After it carried.
+    let pauses = snow.pauses().await;
+    assert_eq!(pauses.len(), 1, "{pauses:?}");
+    assert_eq!(pauses[0].status, 429);
+    assert_eq!(pauses[0].retry_after, Duration::from_secs(retry));
+    assert_eq!(
+        (pauses[0].method.as_str(), pauses[0].path.as_str()),
+        ("GET", path)
+    );
+    let last = snow.requests().await.pop().expect("logged");
+    assert_eq!((last.status, last.instant), (429, pauses[0].instant));
+    snow.clear_requests().await;
+    assert!(snow.pauses().await.is_empty());
     // A rule for another user does not count the integration user.
     let mut other = RateLimitRule::per_hour(0);
     other.user = Some(users::CAROL.into());
