@@ -9,3 +9,4 @@ mod ingress;
 mod jira_flow;
 mod resilience;
 mod secrets;
+mod zendesk_flow;

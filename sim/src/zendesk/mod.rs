@@ -295,6 +295,12 @@ pub struct RequestRecord {
     pub user: Option<String>,
     /// The JSON body of a write, if any.
     pub body: Option<Value>,
+    /// Wall-clock time of arrival.
+    pub at: Timestamp,
+    /// Monotonic time of arrival (tokio clock), for asserting the gaps a client keeps, e.g.
+    /// that nothing arrives inside a `Retry-After` window.
+    #[serde(skip)]
+    pub instant: tokio::time::Instant,
 }
 
 /// Injected failures.
