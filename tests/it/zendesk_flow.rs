@@ -197,6 +197,17 @@ impl Zd {
             .collect()
     }
 
+    /// Waits until `n` successful writes to the ticket are logged (the simulator logs a request
+    /// after answering it, so a status may show before its request does), and returns them.
+    async fn wait_writes(&self, id: u64, n: usize) -> Vec<String> {
+        eventually(Duration::from_secs(20), || async {
+            let w = self.writes(id).await;
+            (w.len() >= n).then_some(w)
+        })
+        .await;
+        self.writes(id).await
+    }
+
     /// Provider apply calls received so far.
     async fn applies(&self) -> usize {
         self.receiver
@@ -314,7 +325,7 @@ async fn approved_ticket_is_granted_noted_and_revoked_at_its_deadline() {
     z.wait_note(id, "Local admin on WS-0042 expired and was revoked.")
         .await;
     z.wait_status(id, "solved").await;
-    let writes = z.writes(id).await;
+    let writes = z.wait_writes(id, 4).await;
     assert_eq!(writes.len(), 4, "{writes:?}");
     assert!(
         writes[0].starts_with("comment:Local admin granted"),
@@ -419,6 +430,66 @@ async fn approval_by_the_requester_is_denied_even_when_an_agent_approves_again()
     assert!(
         z.receiver.calls().await.is_empty(),
         "a self-approval reached the provider"
+    );
+
+    // Bob resets and approves again: the audits still show Carol's approval, which counts.
+    z.set_approval(id, "jit_pending", users::BOB).await;
+    z.set_approval(id, "jit_approved", users::BOB).await;
+    let ok = eventually(Duration::from_secs(10), || async {
+        let g = z.grants(&id.to_string()).await;
+        (g.len() == 2 && g.iter().all(|g| g.state == GrantState::Denied)).then_some(g)
+    })
+    .await;
+    let all = z.grants(&id.to_string()).await;
+    assert!(
+        ok.is_some(),
+        "the second approval is denied too: {:?}",
+        all.iter()
+            .map(|g| (g.state, g.reason.clone()))
+            .collect::<Vec<_>>()
+    );
+    z.settle().await;
+    assert!(
+        z.receiver.calls().await.is_empty(),
+        "an earlier self-approval was hidden by a later one"
+    );
+}
+
+#[tokio::test]
+async fn late_approval_of_a_cancelled_ticket_grants_nothing() {
+    let z = Zd::start().await;
+    let id = z.raise(users::ALICE, "WS-0049", "10m").await;
+    z.wait(id, GrantState::Requested).await;
+    z.zd.set_status(id, "solved", users::CAROL)
+        .await
+        .expect("solve");
+    z.wait(id, GrantState::Cancelled).await;
+    z.wait_note(id, "Request cancelled before approval.").await;
+    // Zendesk stamps updates to the second; a later second keeps the approval from being taken
+    // for a replay of the solving event, so it really is decided on.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    z.set_approval(id, "jit_approved", users::BOB).await;
+    let audited = eventually(Duration::from_secs(10), || async {
+        let a = z.audit("approval.unconfirmed").await;
+        (!a.is_empty()).then_some(a)
+    })
+    .await
+    .expect("the approval of a solved ticket is audited as unconfirmed");
+    let why = audited[0].record.detail["why"].as_str().unwrap_or_default();
+    assert!(why.contains("unknown"), "{why}");
+    z.settle().await;
+    assert_eq!(
+        z.zd.ticket(id).await.expect("ticket").status,
+        "solved",
+        "not reopened"
+    );
+    let all = z.grants(&id.to_string()).await;
+    assert!(
+        z.receiver.calls().await.is_empty(),
+        "a solved ticket was granted: {:?}",
+        all.iter()
+            .map(|g| (g.state, g.reason.clone()))
+            .collect::<Vec<_>>()
     );
 }
 
@@ -564,6 +635,8 @@ async fn rate_limited_writebacks_arrive_once_in_order_and_respect_retry_after() 
     z.wait_note(id, "expired and was revoked").await;
     z.wait_status(id, "solved").await;
 
+    z.wait_writes(id, 4).await;
+    z.settle().await;
     let writes = z.writes(id).await;
     assert_eq!(writes.len(), 4, "each writeback exactly once: {writes:?}");
     assert!(
