@@ -100,6 +100,10 @@ pub const TRIGGER_BODY: &str = r#"{
 }"#;
 
 /// The three triggers of the worked example: created, approval changed, solved/closed.
+///
+/// The approval trigger fires whatever the ticket's status (`install.md` adds "status less than
+/// Solved"), so tests can show that the connector's API check alone refuses an approval set on a
+/// solved ticket.
 pub fn example_triggers() -> Vec<Trigger> {
     let body = |event: &str| TRIGGER_BODY.replace("EVENT", event);
     vec![
