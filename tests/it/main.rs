@@ -10,3 +10,4 @@ mod jira_flow;
 mod resilience;
 mod secrets;
 mod servicenow_flow;
+mod zendesk_flow;

@@ -21,6 +21,9 @@ use super::{Core, Refusal, RequestRecord, Update, push_bounded};
 /// Largest request body accepted.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// The account's requests per minute, as `X-Rate-Limit` reports it (Zendesk Suite Professional).
+const RATE_LIMIT_PER_MINUTE: &str = "400";
+
 /// The authenticated API user's id.
 #[derive(Clone, Copy)]
 struct Agent(u64);
@@ -75,6 +78,8 @@ fn credentials(headers: &HeaderMap) -> Option<(String, String)> {
 
 /// Applies injected faults, authenticates, runs the handler and records the request.
 async fn gatekeeper(State(core): State<Arc<Core>>, request: Request, next: Next) -> Response {
+    let at = jiff::Timestamp::now();
+    let instant = tokio::time::Instant::now();
     let method = request.method().to_string();
     let path = request.uri().path().to_owned();
     let presented = credentials(request.headers());
@@ -121,9 +126,16 @@ async fn gatekeeper(State(core): State<Arc<Core>>, request: Request, next: Next)
                 StatusCode::TOO_MANY_REQUESTS,
                 json!({"error": "APIRateLimitExceeded", "description": "Number of allowed API requests per minute exceeded"}),
             );
+            // Zendesk's account-wide limit headers come with the 429 and its Retry-After.
+            let headers = r.headers_mut();
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                r.headers_mut().insert("retry-after", v);
+                headers.insert("retry-after", v);
             }
+            headers.insert(
+                "x-rate-limit",
+                HeaderValue::from_static(RATE_LIMIT_PER_MINUTE),
+            );
+            headers.insert("x-rate-limit-remaining", HeaderValue::from_static("0"));
             r
         }
         (Some(Ok(())), _) => envelope(
@@ -145,6 +157,8 @@ async fn gatekeeper(State(core): State<Arc<Core>>, request: Request, next: Next)
         status: response.status().as_u16(),
         user: presented.map(|(u, _)| u),
         body: logged_body,
+        at,
+        instant,
     };
     push_bounded(&mut core.state.lock().await.requests, record);
     response

@@ -100,6 +100,10 @@ pub const TRIGGER_BODY: &str = r#"{
 }"#;
 
 /// The three triggers of the worked example: created, approval changed, solved/closed.
+///
+/// The approval trigger fires whatever the ticket's status (`install.md` adds "status less than
+/// Solved"), so tests can show that the connector's API check alone refuses an approval set on a
+/// solved ticket.
 pub fn example_triggers() -> Vec<Trigger> {
     let body = |event: &str| TRIGGER_BODY.replace("EVENT", event);
     vec![
@@ -295,6 +299,12 @@ pub struct RequestRecord {
     pub user: Option<String>,
     /// The JSON body of a write, if any.
     pub body: Option<Value>,
+    /// Wall-clock time of arrival.
+    pub at: Timestamp,
+    /// Monotonic time of arrival (tokio clock), for asserting the gaps a client keeps, e.g.
+    /// that nothing arrives inside a `Retry-After` window.
+    #[serde(skip)]
+    pub instant: tokio::time::Instant,
 }
 
 /// Injected failures.

@@ -183,6 +183,13 @@ async fn injected_rate_limits_and_outages_answer_before_auth() {
         r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
         Some("30")
     );
+    assert_eq!(
+        r.headers()
+            .get("x-rate-limit-remaining")
+            .and_then(|v| v.to_str().ok()),
+        Some("0")
+    );
+    assert!(r.headers().contains_key("x-rate-limit"));
     zd.outage(1).await;
     assert_eq!(
         get(&zd, "/api/v2/users/me.json", users::API_TOKEN).await.0,
@@ -196,6 +203,11 @@ async fn injected_rate_limits_and_outages_answer_before_auth() {
     assert_eq!(
         log.iter().map(|r| r.status).collect::<Vec<_>>(),
         vec![429, 503, 200]
+    );
+    assert!(
+        log.windows(2)
+            .all(|w| w[0].instant <= w[1].instant && w[0].at <= w[1].at),
+        "arrival times are recorded in order"
     );
 }
 
