@@ -141,6 +141,11 @@ pub struct FreshserviceSimConfig {
     pub emit_webhooks_for_api: bool,
     /// Serve the unauthenticated `/_sim/...` control API (demo binary only).
     pub control_api: bool,
+    /// Custom fields (internal names) the admin added to the webhook body as
+    /// `"custom_fields": {"<name>": "{{ticket.<name>}}", ...}`. Rendered as text like every
+    /// placeholder (a string as is, a number as its digits, an empty field as `""`). None by
+    /// default: the shipped body names the ticket only.
+    pub body_custom_fields: Vec<String>,
 }
 
 impl Default for FreshserviceSimConfig {
@@ -182,6 +187,7 @@ impl Default for FreshserviceSimConfig {
             retry: RetryPolicy::default(),
             emit_webhooks_for_api: true,
             control_api: false,
+            body_custom_fields: Vec::new(),
         }
     }
 }
@@ -280,6 +286,7 @@ pub(crate) struct State {
     webhooks: Vec<WebhookTarget>,
     rendering: Rendering,
     api_webhooks: bool,
+    body_custom_fields: Vec<String>,
     deliveries: VecDeque<Delivery>,
     requests: VecDeque<RequestRecord>,
     outage: Option<(Outage, Remaining)>,
@@ -305,6 +312,17 @@ impl State {
     fn fresh_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
+    }
+}
+
+/// A value as a workflow placeholder renders it: text as is, numbers and booleans as their
+/// literal, nothing (`null`, or a structure a placeholder cannot print) as the empty string.
+fn placeholder_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null | Value::Array(_) | Value::Object(_) => String::new(),
     }
 }
 
@@ -378,7 +396,7 @@ impl Core {
             .unwrap_or_default();
         let updated = model::iso(ticket.updated_at);
         let approval = ticket.approval_status.code();
-        Some(match rendering {
+        let mut body = match rendering {
             Rendering::Quoted => json!({
                 "ticket_id": ticket.id.to_string(), "event": event,
                 "status": ticket.status.to_string(), "approval_status": approval.to_string(),
@@ -394,7 +412,24 @@ impl Core {
                 "status": ticket.status.to_string(), "approval_status": approval.to_string(),
                 "requester_email": "", "updated_at": updated,
             }),
-        })
+        };
+        if !state.body_custom_fields.is_empty()
+            && let Some(top) = body.as_object_mut()
+        {
+            let rendered: Map<String, Value> = state
+                .body_custom_fields
+                .iter()
+                .map(|name| {
+                    let value = ticket
+                        .custom_fields
+                        .get(name)
+                        .map_or_else(String::new, placeholder_text);
+                    (name.clone(), Value::String(value))
+                })
+                .collect();
+            top.insert("custom_fields".to_owned(), Value::Object(rendered));
+        }
+        Some(body)
     }
 
     /// Delivers `event` with `rendering` (the configured one when `None`) to every target.
@@ -664,6 +699,7 @@ impl FreshserviceSim {
                     webhooks: config.webhooks,
                     rendering: config.rendering,
                     api_webhooks: config.emit_webhooks_for_api,
+                    body_custom_fields: config.body_custom_fields,
                     deliveries: VecDeque::new(),
                     requests: VecDeque::new(),
                     outage: None,
@@ -714,6 +750,13 @@ impl FreshserviceSim {
     /// Chooses how the body template renders from now on.
     pub async fn set_rendering(&self, rendering: Rendering) {
         self.core.state.lock().await.rendering = rendering;
+    }
+
+    /// Sets the custom fields the webhook body carries under `custom_fields` (see
+    /// [`FreshserviceSimConfig::body_custom_fields`]), as an admin editing the template would.
+    pub async fn set_body_custom_fields(&self, names: &[&str]) {
+        self.core.state.lock().await.body_custom_fields =
+            names.iter().map(|n| (*n).to_owned()).collect();
     }
 
     /// Turns webhooks for `PUT` through the API on or off.

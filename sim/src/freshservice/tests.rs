@@ -546,3 +546,42 @@ async fn resend_and_forgery_helpers_send_what_tests_need() {
     assert_eq!(got.len(), 5);
     assert_eq!(got[1].1, got[0].1);
 }
+
+#[tokio::test]
+async fn custom_fields_added_to_the_template_render_as_text() {
+    let fs = sim().await;
+    let hook = target(vec![]).await;
+    fs.add_webhook(&hook.url, Some("s")).await;
+    let plain = fs
+        .create_request(NewServiceRequest::new(users::ALICE, "x").elevation(
+            "Local admin",
+            "WS-0042",
+            "2h",
+        ))
+        .await
+        .unwrap();
+    assert!(
+        plain.deliveries[0].json().get("custom_fields").is_none(),
+        "the shipped template carries no custom fields"
+    );
+    fs.set_body_custom_fields(&["target_device", "duration", "elevation_type"])
+        .await;
+    let id = fs
+        .create_request(
+            NewServiceRequest::new(users::ALICE, "y")
+                .custom_field("target_device", json!("LT-0007"))
+                .custom_field("duration", json!(90)),
+        )
+        .await
+        .unwrap();
+    let body = id.deliveries[0].json();
+    assert_eq!(body["custom_fields"]["target_device"], "LT-0007");
+    assert_eq!(
+        body["custom_fields"]["duration"], "90",
+        "numbers render as text"
+    );
+    assert_eq!(
+        body["custom_fields"]["elevation_type"], "",
+        "an empty field renders as an empty string"
+    );
+}
