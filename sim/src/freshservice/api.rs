@@ -127,6 +127,13 @@ async fn gatekeeper(State(core): State<Arc<Core>>, mut request: Request, next: N
             )
                 .into_response();
             set_header(&mut response, "retry-after", &retry_after.to_string());
+            core.record_rate_limited(super::RateLimited {
+                method: method.clone(),
+                path: path.clone(),
+                instant,
+                retry_after: std::time::Duration::from_secs(retry_after),
+            })
+            .await;
             response
         } else {
             let caller = match api_key(request.headers()) {

@@ -268,6 +268,22 @@ pub(crate) struct BudgetVerdict {
     pub exceeded: Option<u64>,
 }
 
+/// One `429` the API answered: when, on which request, and the `Retry-After` it asked for.
+///
+/// Exists so tests can prove a client honoured the wait: no request of the
+/// [`FreshserviceSim::requests`] log may fall between `instant` and `instant + retry_after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimited {
+    /// The request's method.
+    pub method: String,
+    /// The request's path.
+    pub path: String,
+    /// When the request arrived (the same clock as [`RequestRecord::instant`]).
+    pub instant: Instant,
+    /// The `Retry-After` sent, in seconds.
+    pub retry_after: Duration,
+}
+
 /// A webhook waiting to be delivered.
 pub(crate) struct PendingEvent {
     pub event: &'static str,
@@ -289,6 +305,7 @@ pub(crate) struct State {
     body_custom_fields: Vec<String>,
     deliveries: VecDeque<Delivery>,
     requests: VecDeque<RequestRecord>,
+    rate_limited: VecDeque<RateLimited>,
     outage: Option<(Outage, Remaining)>,
     budget: Budget,
     next_delivery: u64,
@@ -383,6 +400,10 @@ impl Core {
 
     pub(crate) async fn record_request(&self, record: RequestRecord) {
         push_bounded(&mut self.state.lock().await.requests, record);
+    }
+
+    pub(crate) async fn record_rate_limited(&self, record: RateLimited) {
+        push_bounded(&mut self.state.lock().await.rate_limited, record);
     }
 
     /// Renders the webhook body for a ticket as the template would.
@@ -702,6 +723,7 @@ impl FreshserviceSim {
                     body_custom_fields: config.body_custom_fields,
                     deliveries: VecDeque::new(),
                     requests: VecDeque::new(),
+                    rate_limited: VecDeque::new(),
                     outage: None,
                     budget: Budget {
                         total: config.rate_limit_per_minute,
@@ -886,9 +908,23 @@ impl FreshserviceSim {
             .collect()
     }
 
-    /// Forgets the request log.
+    /// Forgets the request log (and the log of `429` answers).
     pub async fn clear_requests(&self) {
-        self.core.state.lock().await.requests.clear();
+        let mut state = self.core.state.lock().await;
+        state.requests.clear();
+        state.rate_limited.clear();
+    }
+
+    /// Every `429` answered so far with its `Retry-After`, oldest first.
+    pub async fn rate_limited(&self) -> Vec<RateLimited> {
+        self.core
+            .state
+            .lock()
+            .await
+            .rate_limited
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Sets the per-minute budget (and window); the window restarts now with nothing spent.

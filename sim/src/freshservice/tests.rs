@@ -353,6 +353,17 @@ async fn every_response_counts_down_the_minute_budget_then_429() {
         .unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
     assert_eq!(res.headers()["x-ratelimit-remaining"], "0");
+    let limited = fs.rate_limited().await;
+    assert_eq!(
+        limited.len(),
+        1,
+        "only the refused call is logged as rate limited"
+    );
+    assert_eq!(limited[0].path, path);
+    assert_eq!(limited[0].method, "GET");
+    assert_eq!(limited[0].retry_after, Duration::from_secs(retry));
+    let requests = fs.requests().await;
+    assert_eq!(requests.last().map(|r| r.instant), Some(limited[0].instant));
 }
 
 #[tokio::test]
