@@ -596,3 +596,23 @@ async fn custom_fields_added_to_the_template_render_as_text() {
         "an empty field renders as an empty string"
     );
 }
+
+#[tokio::test]
+async fn tickets_are_listed_newest_first_in_pages() {
+    let fs = sim().await;
+    let first = elevation_request(&fs).await;
+    let second = elevation_request(&fs).await;
+    let (status, body) = get_json(&fs, "/api/v2/tickets?per_page=1").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["tickets"].as_array().map(Vec::len), Some(1));
+    assert_eq!(body["tickets"][0]["id"], second);
+    let (_, page2) = get_json(&fs, "/api/v2/tickets?per_page=1&page=2").await;
+    assert_eq!(page2["tickets"][0]["id"], first);
+    let (status, err) = get_json(&fs, "/api/v2/tickets?per_page=500").await;
+    assert_eq!(status, 400);
+    assert_eq!(err["errors"][0]["field"], "per_page");
+    let unauthenticated = reqwest::get(format!("{}/api/v2/tickets", fs.base_url()))
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+}
