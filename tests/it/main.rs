@@ -5,6 +5,7 @@
 mod harness;
 
 mod cli;
+mod freshservice_flow;
 mod ingress;
 mod jira_flow;
 mod resilience;

@@ -30,6 +30,7 @@ struct Caller(u64);
 
 pub(super) fn router(core: Arc<Core>) -> Router {
     Router::new()
+        .route("/api/v2/tickets", get(list_tickets))
         .route("/api/v2/tickets/{id}", get(get_ticket).put(put_ticket))
         .route("/api/v2/tickets/{id}/approvals", get(get_approvals))
         .route("/api/v2/tickets/{id}/notes", post(post_note))
@@ -127,6 +128,13 @@ async fn gatekeeper(State(core): State<Arc<Core>>, mut request: Request, next: N
             )
                 .into_response();
             set_header(&mut response, "retry-after", &retry_after.to_string());
+            core.record_rate_limited(super::RateLimited {
+                method: method.clone(),
+                path: path.clone(),
+                instant,
+                retry_after: std::time::Duration::from_secs(retry_after),
+            })
+            .await;
             response
         } else {
             let caller = match api_key(request.headers()) {
@@ -163,6 +171,49 @@ async fn gatekeeper(State(core): State<Arc<Core>>, mut request: Request, next: N
 
 fn parse_id(raw: &str) -> Option<u64> {
     raw.parse().ok()
+}
+
+/// Default and largest `per_page` of a listing (`itsm-wire-formats.md` 3.2: pages up to 100).
+const DEFAULT_PAGE_SIZE: usize = 30;
+const MAX_PAGE_SIZE: usize = 100;
+
+/// `GET /api/v2/tickets[?per_page=&page=]`: newest first, `{"tickets": [...]}`. What a client
+/// calls to check that its key works without knowing any ticket.
+async fn list_tickets(State(core): State<Arc<Core>>, request: Request) -> Response {
+    let mut per_page = DEFAULT_PAGE_SIZE;
+    let mut page = 1usize;
+    let mut errors = Vec::new();
+    for pair in request.uri().query().unwrap_or_default().split('&') {
+        let Some((key, value)) = pair.split_once('=') else {
+            continue;
+        };
+        let parsed = value.parse::<usize>().ok();
+        match (key, parsed) {
+            ("per_page", Some(n)) if (1..=MAX_PAGE_SIZE).contains(&n) => per_page = n,
+            ("page", Some(n)) if n >= 1 => page = n,
+            ("per_page" | "page", _) => errors.push(FieldError {
+                field: key.to_owned(),
+                message: format!(
+                    "It should be a/an Positive Integer (per_page at most {MAX_PAGE_SIZE})"
+                ),
+                code: "invalid_value",
+            }),
+            _ => {}
+        }
+    }
+    if !errors.is_empty() {
+        return validation_failed(errors);
+    }
+    let state = core.state.lock().await;
+    let tickets: Vec<Value> = state
+        .tickets
+        .iter()
+        .rev()
+        .skip((page - 1).saturating_mul(per_page))
+        .take(per_page)
+        .map(super::Ticket::json)
+        .collect();
+    axum::Json(json!({"tickets": tickets})).into_response()
 }
 
 async fn get_ticket(State(core): State<Arc<Core>>, Path(id): Path<String>) -> Response {

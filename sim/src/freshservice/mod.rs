@@ -141,6 +141,11 @@ pub struct FreshserviceSimConfig {
     pub emit_webhooks_for_api: bool,
     /// Serve the unauthenticated `/_sim/...` control API (demo binary only).
     pub control_api: bool,
+    /// Custom fields (internal names) the admin added to the webhook body as
+    /// `"custom_fields": {"<name>": "{{ticket.<name>}}", ...}`. Rendered as text like every
+    /// placeholder (a string as is, a number as its digits, an empty field as `""`). None by
+    /// default: the shipped body names the ticket only.
+    pub body_custom_fields: Vec<String>,
 }
 
 impl Default for FreshserviceSimConfig {
@@ -182,6 +187,7 @@ impl Default for FreshserviceSimConfig {
             retry: RetryPolicy::default(),
             emit_webhooks_for_api: true,
             control_api: false,
+            body_custom_fields: Vec::new(),
         }
     }
 }
@@ -262,6 +268,22 @@ pub(crate) struct BudgetVerdict {
     pub exceeded: Option<u64>,
 }
 
+/// One `429` the API answered: when, on which request, and the `Retry-After` it asked for.
+///
+/// Exists so tests can prove a client honoured the wait: no request of the
+/// [`FreshserviceSim::requests`] log may fall between `instant` and `instant + retry_after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimited {
+    /// The request's method.
+    pub method: String,
+    /// The request's path.
+    pub path: String,
+    /// When the request arrived (the same clock as [`RequestRecord::instant`]).
+    pub instant: Instant,
+    /// The `Retry-After` sent, in seconds.
+    pub retry_after: Duration,
+}
+
 /// A webhook waiting to be delivered.
 pub(crate) struct PendingEvent {
     pub event: &'static str,
@@ -280,8 +302,10 @@ pub(crate) struct State {
     webhooks: Vec<WebhookTarget>,
     rendering: Rendering,
     api_webhooks: bool,
+    body_custom_fields: Vec<String>,
     deliveries: VecDeque<Delivery>,
     requests: VecDeque<RequestRecord>,
+    rate_limited: VecDeque<RateLimited>,
     outage: Option<(Outage, Remaining)>,
     budget: Budget,
     next_delivery: u64,
@@ -305,6 +329,17 @@ impl State {
     fn fresh_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
+    }
+}
+
+/// A value as a workflow placeholder renders it: text as is, numbers and booleans as their
+/// literal, nothing (`null`, or a structure a placeholder cannot print) as the empty string.
+fn placeholder_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null | Value::Array(_) | Value::Object(_) => String::new(),
     }
 }
 
@@ -367,6 +402,10 @@ impl Core {
         push_bounded(&mut self.state.lock().await.requests, record);
     }
 
+    pub(crate) async fn record_rate_limited(&self, record: RateLimited) {
+        push_bounded(&mut self.state.lock().await.rate_limited, record);
+    }
+
     /// Renders the webhook body for a ticket as the template would.
     fn body(state: &State, ticket_id: u64, event: &str, rendering: Rendering) -> Option<Value> {
         let ticket = state.tickets.iter().find(|t| t.id == ticket_id)?;
@@ -378,7 +417,7 @@ impl Core {
             .unwrap_or_default();
         let updated = model::iso(ticket.updated_at);
         let approval = ticket.approval_status.code();
-        Some(match rendering {
+        let mut body = match rendering {
             Rendering::Quoted => json!({
                 "ticket_id": ticket.id.to_string(), "event": event,
                 "status": ticket.status.to_string(), "approval_status": approval.to_string(),
@@ -394,7 +433,24 @@ impl Core {
                 "status": ticket.status.to_string(), "approval_status": approval.to_string(),
                 "requester_email": "", "updated_at": updated,
             }),
-        })
+        };
+        if !state.body_custom_fields.is_empty()
+            && let Some(top) = body.as_object_mut()
+        {
+            let rendered: Map<String, Value> = state
+                .body_custom_fields
+                .iter()
+                .map(|name| {
+                    let value = ticket
+                        .custom_fields
+                        .get(name)
+                        .map_or_else(String::new, placeholder_text);
+                    (name.clone(), Value::String(value))
+                })
+                .collect();
+            top.insert("custom_fields".to_owned(), Value::Object(rendered));
+        }
+        Some(body)
     }
 
     /// Delivers `event` with `rendering` (the configured one when `None`) to every target.
@@ -664,8 +720,10 @@ impl FreshserviceSim {
                     webhooks: config.webhooks,
                     rendering: config.rendering,
                     api_webhooks: config.emit_webhooks_for_api,
+                    body_custom_fields: config.body_custom_fields,
                     deliveries: VecDeque::new(),
                     requests: VecDeque::new(),
+                    rate_limited: VecDeque::new(),
                     outage: None,
                     budget: Budget {
                         total: config.rate_limit_per_minute,
@@ -714,6 +772,13 @@ impl FreshserviceSim {
     /// Chooses how the body template renders from now on.
     pub async fn set_rendering(&self, rendering: Rendering) {
         self.core.state.lock().await.rendering = rendering;
+    }
+
+    /// Sets the custom fields the webhook body carries under `custom_fields` (see
+    /// [`FreshserviceSimConfig::body_custom_fields`]), as an admin editing the template would.
+    pub async fn set_body_custom_fields(&self, names: &[&str]) {
+        self.core.state.lock().await.body_custom_fields =
+            names.iter().map(|n| (*n).to_owned()).collect();
     }
 
     /// Turns webhooks for `PUT` through the API on or off.
@@ -843,9 +908,23 @@ impl FreshserviceSim {
             .collect()
     }
 
-    /// Forgets the request log.
+    /// Forgets the request log (and the log of `429` answers).
     pub async fn clear_requests(&self) {
-        self.core.state.lock().await.requests.clear();
+        let mut state = self.core.state.lock().await;
+        state.requests.clear();
+        state.rate_limited.clear();
+    }
+
+    /// Every `429` answered so far with its `Retry-After`, oldest first.
+    pub async fn rate_limited(&self) -> Vec<RateLimited> {
+        self.core
+            .state
+            .lock()
+            .await
+            .rate_limited
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Sets the per-minute budget (and window); the window restarts now with nothing spent.

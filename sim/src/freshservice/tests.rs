@@ -353,6 +353,17 @@ async fn every_response_counts_down_the_minute_budget_then_429() {
         .unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
     assert_eq!(res.headers()["x-ratelimit-remaining"], "0");
+    let limited = fs.rate_limited().await;
+    assert_eq!(
+        limited.len(),
+        1,
+        "only the refused call is logged as rate limited"
+    );
+    assert_eq!(limited[0].path, path);
+    assert_eq!(limited[0].method, "GET");
+    assert_eq!(limited[0].retry_after, Duration::from_secs(retry));
+    let requests = fs.requests().await;
+    assert_eq!(requests.last().map(|r| r.instant), Some(limited[0].instant));
 }
 
 #[tokio::test]
@@ -545,4 +556,63 @@ async fn resend_and_forgery_helpers_send_what_tests_need() {
     let got = hook.got.lock().await;
     assert_eq!(got.len(), 5);
     assert_eq!(got[1].1, got[0].1);
+}
+
+#[tokio::test]
+async fn custom_fields_added_to_the_template_render_as_text() {
+    let fs = sim().await;
+    let hook = target(vec![]).await;
+    fs.add_webhook(&hook.url, Some("s")).await;
+    let plain = fs
+        .create_request(NewServiceRequest::new(users::ALICE, "x").elevation(
+            "Local admin",
+            "WS-0042",
+            "2h",
+        ))
+        .await
+        .unwrap();
+    assert!(
+        plain.deliveries[0].json().get("custom_fields").is_none(),
+        "the shipped template carries no custom fields"
+    );
+    fs.set_body_custom_fields(&["target_device", "duration", "elevation_type"])
+        .await;
+    let id = fs
+        .create_request(
+            NewServiceRequest::new(users::ALICE, "y")
+                .custom_field("target_device", json!("LT-0007"))
+                .custom_field("duration", json!(90)),
+        )
+        .await
+        .unwrap();
+    let body = id.deliveries[0].json();
+    assert_eq!(body["custom_fields"]["target_device"], "LT-0007");
+    assert_eq!(
+        body["custom_fields"]["duration"], "90",
+        "numbers render as text"
+    );
+    assert_eq!(
+        body["custom_fields"]["elevation_type"], "",
+        "an empty field renders as an empty string"
+    );
+}
+
+#[tokio::test]
+async fn tickets_are_listed_newest_first_in_pages() {
+    let fs = sim().await;
+    let first = elevation_request(&fs).await;
+    let second = elevation_request(&fs).await;
+    let (status, body) = get_json(&fs, "/api/v2/tickets?per_page=1").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["tickets"].as_array().map(Vec::len), Some(1));
+    assert_eq!(body["tickets"][0]["id"], second);
+    let (_, page2) = get_json(&fs, "/api/v2/tickets?per_page=1&page=2").await;
+    assert_eq!(page2["tickets"][0]["id"], first);
+    let (status, err) = get_json(&fs, "/api/v2/tickets?per_page=500").await;
+    assert_eq!(status, 400);
+    assert_eq!(err["errors"][0]["field"], "per_page");
+    let unauthenticated = reqwest::get(format!("{}/api/v2/tickets", fs.base_url()))
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
 }

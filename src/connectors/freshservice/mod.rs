@@ -272,8 +272,9 @@ impl Connector for FreshserviceConnector {
         "freshservice"
     }
 
-    /// `freshservice:<ticket_id>:<updated_at>:<event>` from the body when it names all three
-    /// (Freshservice gives no delivery id); the body hash otherwise.
+    /// `freshservice:<ticket_id>:<updated_at>:<event>:<status>:<approval_status>` from the body
+    /// when it names the ticket, the time and the event (Freshservice gives no delivery id); the
+    /// body hash otherwise.
     fn dedupe_key(&self, delivery: &RawDelivery) -> String {
         parse::dedupe_key(&delivery.body).unwrap_or_else(|| body_hash_key(&delivery.body))
     }

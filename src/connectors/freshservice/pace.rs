@@ -21,6 +21,9 @@ use tokio::time::Instant;
 pub(crate) const WINDOW: Duration = Duration::from_secs(60);
 /// Largest budget believed from a header (Freshservice's biggest plan allows 500 a minute).
 const MAX_BUDGET: u32 = 100_000;
+/// Longest `Retry-After` believed (the API v1 budget was hourly); a single call still never
+/// waits longer than one window ([`Pacer::wait_turn`]).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// What the latest Freshservice responses said about the account's API budget, and the
 /// spacing the connector currently imposes because of it.
@@ -77,46 +80,76 @@ impl Pacer {
         }
     }
 
-    /// Waits until this call's slot. Slots are reserved under the lock, so concurrent callers
-    /// are spaced out too rather than all waking at the same instant. Never waits longer than
-    /// one window.
+    /// Waits until this call may be sent: not before the next free slot (which a `Retry-After`
+    /// may have pushed out while this call was already waiting), and spaced `interval` after
+    /// the previous call. Concurrent callers take slots one at a time under the lock, so they
+    /// are spaced out too rather than all firing at the same instant. Never waits longer than
+    /// one window in total.
     pub(crate) async fn wait_turn(&self) {
-        let slot = {
-            let mut s = self.state.lock().await;
-            let now = Instant::now();
-            let slot = s.next_slot.max(now).min(now + self.window);
-            s.next_slot = slot + s.interval;
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
+        let latest = Instant::now() + self.window;
+        loop {
+            let until = {
+                let mut s = self.state.lock().await;
+                let now = Instant::now();
+                let slot = s.next_slot.max(now).min(latest);
+                if slot <= now {
+                    // Capped by `latest` while the slot is still ahead: leave the slot (it may
+                    // be a Retry-After boundary other callers must still respect).
+                    if s.next_slot <= now {
+                        s.next_slot = now + s.interval;
+                    }
+                    return;
+                }
+                slot
+            };
+            tokio::time::sleep_until(until).await;
+        }
     }
 
-    /// Reads the budget headers of a response (any status, `429` included) and adjusts the
-    /// spacing: none while at least `min_remaining` calls are left, otherwise the rest of the
-    /// window divided by the calls left plus one (the whole rest of the window at zero).
+    /// Reads the rate-limit headers of a response (any status, `429` included) and adjusts the
+    /// pacing:
+    /// - `Retry-After` (a `429`, or a `503` that names a delay): no call of this connector —
+    ///   confirmation or writeback — is sent before it has passed, and the budget's window is
+    ///   taken to end then (that is when Freshservice refills it);
+    /// - `X-RateLimit-Remaining`: no spacing while at least `min_remaining` calls are left,
+    ///   otherwise the rest of the window divided by the calls left plus one (the whole rest of
+    ///   the window at zero).
     pub(crate) async fn observe(&self, headers: &HeaderMap) {
-        let remaining = header_u32(headers, "x-ratelimit-remaining");
+        let retry_after = header_u32(headers, "retry-after")
+            .map(|secs| Duration::from_secs(u64::from(secs)).min(MAX_RETRY_AFTER));
         let total = header_u32(headers, "x-ratelimit-total");
+        let remaining =
+            header_u32(headers, "x-ratelimit-remaining").map(|r| total.map_or(r, |t| r.min(t)));
+        if retry_after.is_none() && remaining.is_none() {
+            return;
+        }
+        let mut s = self.state.lock().await;
+        let now = Instant::now();
+        if let Some(remaining) = remaining {
+            let rolled_over = s.remaining.is_none_or(|before| remaining > before);
+            let expired = s
+                .window_start
+                .is_none_or(|start| now.saturating_duration_since(start) >= self.window);
+            if rolled_over || expired {
+                s.window_start = Some(now);
+            }
+            s.remaining = Some(remaining);
+            if total.is_some() {
+                s.total = total;
+            }
+        }
+        if let Some(wait) = retry_after {
+            let resume = now + wait;
+            s.window_start = Some(resume.checked_sub(self.window).unwrap_or(now));
+            s.next_slot = s.next_slot.max(resume);
+            tracing::info!(
+                retry_after_secs = wait.as_secs(),
+                "freshservice asked to retry later; holding every API call until then"
+            );
+        }
         let Some(remaining) = remaining else {
             return;
         };
-        let remaining = match total {
-            Some(t) => remaining.min(t),
-            None => remaining,
-        };
-        let mut s = self.state.lock().await;
-        let now = Instant::now();
-        let rolled_over = s.remaining.is_none_or(|before| remaining > before);
-        let expired = s
-            .window_start
-            .is_none_or(|start| now.saturating_duration_since(start) >= self.window);
-        if rolled_over || expired {
-            s.window_start = Some(now);
-        }
-        s.remaining = Some(remaining);
-        if total.is_some() {
-            s.total = total;
-        }
         if remaining >= self.min_remaining {
             if s.interval != Duration::ZERO {
                 tracing::debug!(
@@ -249,6 +282,66 @@ mod tests {
             "{:?}",
             t0.elapsed()
         );
+    }
+
+    fn rate_limited(retry_after: &str) -> HeaderMap {
+        let mut h = headers("0", "100");
+        h.insert(
+            "retry-after",
+            HeaderValue::from_str(retry_after).expect("v"),
+        );
+        h
+    }
+
+    #[tokio::test]
+    async fn retry_after_holds_every_call_until_it_has_passed_even_without_pacing() {
+        // min_remaining 0 turns pre-emptive pacing off, never the server's own request to wait.
+        let p = Pacer::new(0, Duration::from_secs(60));
+        p.observe(&rate_limited("1")).await;
+        let t0 = Instant::now();
+        p.wait_turn().await;
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(980) && took < Duration::from_millis(1500),
+            "{took:?}"
+        );
+        // Refilled: the next response shows budget again, and calls flow freely.
+        p.observe(&headers("99", "100")).await;
+        let t1 = Instant::now();
+        p.wait_turn().await;
+        p.wait_turn().await;
+        assert!(
+            t1.elapsed() < Duration::from_millis(50),
+            "{:?}",
+            t1.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_call_already_waiting_also_respects_a_later_retry_after() {
+        let p = std::sync::Arc::new(Pacer::new(5, Duration::from_secs(60)));
+        // Low budget: calls are spaced out, one is waiting for its slot...
+        p.observe(&headers("20", "100")).await;
+        p.observe(&headers("4", "100")).await;
+        let waiting = {
+            let p = p.clone();
+            tokio::spawn(async move {
+                p.wait_turn().await;
+                Instant::now()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // ...when another call's answer is a 429 asking for 1 s.
+        let asked = Instant::now();
+        p.observe(&rate_limited("1")).await;
+        let sent = waiting.await.expect("task");
+        assert!(
+            sent >= asked + Duration::from_millis(980),
+            "sent {:?} after the 429 asked for 1 s",
+            sent.saturating_duration_since(asked)
+        );
+        // The window is now taken to end when the wait does, so pacing does not linger.
+        assert!(p.budget().await.interval <= Duration::from_secs(1));
     }
 
     #[tokio::test]

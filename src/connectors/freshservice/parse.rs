@@ -89,6 +89,29 @@ impl ApprovalName {
         }
     }
 
+    /// Reads the rendered `{{ticket.approval_status}}` of a *trigger* body: a name as
+    /// [`ApprovalName::from_name`], or one of the numeric codes, since the placeholder may
+    /// render the code rather than the name (`itsm-wire-formats.md` 3.1 marks this [U]).
+    ///
+    /// Codes are `0` Requested, `1` Approved, `2` Rejected, `3` Cancelled, `4` Not Requested:
+    /// `4` is documented, `0`/`3` come from approval records, `1`/`2` are inferred. Reading them
+    /// here is safe even if the inference is wrong, because this only decides which path an
+    /// event takes, never whether anything is granted: an "approved" trigger is confirmed
+    /// against the API's `approval_status_name` before any grant (a wrong code yields
+    /// `approval.unconfirmed`, nothing granted), and a "rejected" trigger can only refuse.
+    /// Without codes, a Freshservice account whose placeholder renders numbers would never
+    /// trigger an approval at all. Any other number is unknown.
+    pub(crate) fn from_trigger(s: &str) -> Option<Self> {
+        Self::from_name(s).or_else(|| match s.trim() {
+            "0" => Some(Self::Requested),
+            "1" => Some(Self::Approved),
+            "2" => Some(Self::Rejected),
+            "3" => Some(Self::Cancelled),
+            "4" => Some(Self::NotRequested),
+            _ => None,
+        })
+    }
+
     /// The normalized approval state used in [`Approval::state`]: only `Approved` is
     /// `approved`, so nothing else can ever read as an approval.
     pub(crate) fn state(self) -> &'static str {
@@ -140,7 +163,7 @@ pub(crate) fn parse_body(
     let status = scalar(top.get("status")).and_then(|s| statuses.display(&s));
     let approval_name = scalar(top.get("approval_status"))
         .as_deref()
-        .and_then(ApprovalName::from_name);
+        .and_then(ApprovalName::from_trigger);
     let (kind, status_change) = match trigger {
         Trigger::TicketCreated => (EventKind::Created, None),
         Trigger::TicketUpdated => (EventKind::Updated, None),
@@ -208,16 +231,33 @@ pub(crate) fn parse_body(
     }])
 }
 
-/// `freshservice:<ticket_id>:<updated_at>:<event>` when the body names all three (Freshservice
-/// gives no delivery id, but a ticket's `updated_at` changes with every change, so a retried
-/// delivery of one change maps to one key); `None` otherwise, and the caller hashes the body.
+/// `freshservice:<ticket_id>:<updated_at>:<event>:<status>:<approval_status>` when the body
+/// names the first three (Freshservice gives no delivery id); `None` otherwise, and the caller
+/// hashes the body.
+///
+/// A retried delivery of one change is byte-identical, so it maps to the same key. `updated_at`
+/// alone is not enough to tell changes apart: it renders to the second, and two changes in the
+/// same second (an approver's click and jitbridge's own status writeback, or a technician
+/// resolving the ticket right after) would collapse into one key and the second would be dropped
+/// as a "duplicate". The rendered status and approval status (lower-cased, `-` when they did not
+/// render) keep such changes distinct.
 pub(crate) fn dedupe_key(body: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(body).ok()?;
     let top = v.as_object()?;
     let id = ticket_id(top.get("ticket_id")).ok()?;
     let updated = key_part(scalar(top.get("updated_at"))?)?;
     let event = key_part(scalar(top.get("event"))?.to_ascii_lowercase())?;
-    Some(format!("freshservice:{id}:{updated}:{event}"))
+    let optional = |name: &str| -> Option<String> {
+        match scalar(top.get(name)) {
+            None => Some("-".to_owned()),
+            Some(s) => key_part(s.to_lowercase()),
+        }
+    };
+    let status = optional("status")?;
+    let approval = optional("approval_status")?;
+    Some(format!(
+        "freshservice:{id}:{updated}:{event}:{status}:{approval}"
+    ))
 }
 
 /// A dedupe-key component: trimmed, non-empty, bounded, printable ASCII.
@@ -489,8 +529,10 @@ mod tests {
     fn approval_update_whose_status_did_not_render_is_only_an_update() {
         for raw in [
             json!(""),
-            json!("1"),
-            json!(2),
+            json!("0"),
+            json!(3),
+            json!("7"),
+            json!("-1"),
             json!("Requested"),
             json!("Something else"),
         ] {
@@ -506,6 +548,30 @@ mod tests {
         }
         let mut body = approved();
         body.as_object_mut().expect("obj").remove("approval_status");
+        assert_eq!(one(&body).kind, EventKind::Updated);
+    }
+
+    #[test]
+    fn approval_codes_rendered_by_the_placeholder_still_trigger() {
+        for (raw, kind, state) in [
+            (json!("1"), EventKind::Approved, "approved"),
+            (json!(1), EventKind::Approved, "approved"),
+            (json!(" 2 "), EventKind::Rejected, "rejected"),
+            (json!(2), EventKind::Rejected, "rejected"),
+            (json!("0"), EventKind::Updated, "pending"),
+            (json!("3"), EventKind::Updated, "cancelled"),
+            (json!("4"), EventKind::Updated, "not_requested"),
+        ] {
+            let mut body = approved();
+            body["approval_status"] = raw.clone();
+            let e = one(&body);
+            assert_eq!(e.kind, kind, "{raw}");
+            assert_eq!(e.approval.map(|a| a.state).as_deref(), Some(state), "{raw}");
+        }
+        // Only on an approval trigger: a ticket_updated carrying code 1 approves nothing.
+        let mut body = approved();
+        body["event"] = json!("ticket_updated");
+        body["approval_status"] = json!("1");
         assert_eq!(one(&body).kind, EventKind::Updated);
     }
 
@@ -695,11 +761,11 @@ mod tests {
     }
 
     #[test]
-    fn dedupe_key_uses_ticket_update_time_and_event() {
+    fn dedupe_key_uses_ticket_update_time_event_and_states() {
         let body = serde_json::to_vec(&approved()).expect("json");
         assert_eq!(
             dedupe_key(&body).as_deref(),
-            Some("freshservice:123:2025-03-14T08:41:37Z:approval_updated")
+            Some("freshservice:123:2025-03-14T08:41:37Z:approval_updated:open:approved")
         );
         let mut other = approved();
         other["requester_email"] = json!("x@example.com");
@@ -707,6 +773,25 @@ mod tests {
             dedupe_key(&serde_json::to_vec(&other).expect("json")),
             dedupe_key(&body),
             "same ticket, same change, same event"
+        );
+        let mut same_second = approved();
+        same_second["event"] = json!("status_changed");
+        let first = dedupe_key(&serde_json::to_vec(&same_second).expect("json"));
+        same_second["status"] = json!("Resolved");
+        assert_ne!(
+            dedupe_key(&serde_json::to_vec(&same_second).expect("json")),
+            first,
+            "two status changes in the same second are two changes"
+        );
+        let mut unrendered = approved();
+        unrendered["status"] = json!("");
+        unrendered
+            .as_object_mut()
+            .expect("obj")
+            .remove("approval_status");
+        assert_eq!(
+            dedupe_key(&serde_json::to_vec(&unrendered).expect("json")).as_deref(),
+            Some("freshservice:123:2025-03-14T08:41:37Z:approval_updated:-:-")
         );
         let mut later = approved();
         later["updated_at"] = json!("2025-03-14T08:41:38Z");

@@ -889,7 +889,7 @@ fn delivery_is_parsed_and_deduplicated_through_the_trait() {
     assert_eq!(c.id(), "freshservice");
     assert_eq!(
         c.dedupe_key(&delivery),
-        "freshservice:123:2025-03-14T08:41:37Z:approval_updated"
+        "freshservice:123:2025-03-14T08:41:37Z:approval_updated:2:approved"
     );
     let events = c.parse(&delivery).expect("parses");
     assert_eq!(events[0].kind, EventKind::Approved);
@@ -1016,7 +1016,7 @@ fn shipped_workflow_body_renders_into_an_approval_trigger() {
     );
     assert_eq!(
         c.dedupe_key(&delivery),
-        "freshservice:123:2025-03-14T08:41:37Z:approval_updated"
+        "freshservice:123:2025-03-14T08:41:37Z:approval_updated:open:approved"
     );
 }
 
