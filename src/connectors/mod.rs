@@ -55,6 +55,12 @@ pub struct Confirmation {
     pub approval: Option<Approval>,
     /// The requester as the API reports it.
     pub requester: Option<Person>,
+    /// Authoritative ticket fields read through the API, merged over the delivery's `fields`
+    /// (keys present here win) before the grant is described and `when` is checked again: for
+    /// systems whose deliveries are templated text (Freshservice), the body must not choose the
+    /// target or duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<serde_json::Value>,
 }
 
 /// One writeback action. Comments and state changes are separate jobs, so a retry of one never

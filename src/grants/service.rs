@@ -358,6 +358,50 @@ impl GrantService {
                 .ignore(event, mapping, Some(g), &format!("already {}", g.state))
                 .await;
         }
+        let confirmation = self.confirm(event).await?;
+        if let Some(why) = unconfirmed(mapping, event, confirmation.as_ref()) {
+            let record = NewAudit {
+                at: self.clock.now(),
+                kind: "approval.unconfirmed".into(),
+                grant_id: live.as_ref().map(|g| g.id),
+                connector: Some(event.connector.clone()),
+                ticket_key: Some(event.ticket.key.clone()),
+                actor: who(event.actor.as_ref()),
+                detail: json!({"mapping": mapping.name(), "why": why, "event_status": event.ticket.status,
+                    "confirmed": confirmation}),
+            };
+            self.store.append_audit(vec![record]).await?;
+            tracing::warn!(connector = %event.connector, ticket = %event.ticket.key, %why, "approval not confirmed by the ITSM; nothing granted");
+            metrics::counter!("jitbridge_approvals_unconfirmed_total", "connector" => event.connector.clone()).increment(1);
+            return Ok(Outcome::Unconfirmed(why));
+        }
+
+        // Render from what the ITSM confirmed: a delivery may name people by id only (ServiceNow,
+        // Freshservice), while the API look-up supplies their e-mail addresses.
+        let confirmed_event;
+        let event: &TicketEvent = match confirmation.as_ref() {
+            Some(c) if c.requester.is_some() || c.approval.is_some() || c.fields.is_some() => {
+                let mut e = event.clone();
+                if let (
+                    Some(serde_json::Value::Object(confirmed)),
+                    serde_json::Value::Object(delivered),
+                ) = (&c.fields, &mut e.fields)
+                {
+                    for (k, v) in confirmed {
+                        delivered.insert(k.clone(), v.clone());
+                    }
+                }
+                if let Some(r) = &c.requester {
+                    e.requester = Some(merge_person(e.requester.take(), r));
+                }
+                if let Some(a) = &c.approval {
+                    e.approval = Some(a.clone());
+                }
+                confirmed_event = e;
+                &confirmed_event
+            }
+            _ => event,
+        };
         let spec = match mapping.render_grant(event) {
             Ok(s) => s,
             Err(e) => {
@@ -386,21 +430,21 @@ impl GrantService {
             }
         };
 
-        let confirmation = self.confirm(event).await?;
-        if let Some(why) = unconfirmed(mapping, event, confirmation.as_ref()) {
-            let record = NewAudit {
-                at: self.clock.now(),
-                kind: "approval.unconfirmed".into(),
-                grant_id: live.as_ref().map(|g| g.id),
-                connector: Some(event.connector.clone()),
-                ticket_key: Some(event.ticket.key.clone()),
-                actor: who(event.actor.as_ref()),
-                detail: json!({"mapping": mapping.name(), "why": why, "event_status": event.ticket.status,
-                    "confirmed": confirmation}),
-            };
-            self.store.append_audit(vec![record]).await?;
-            tracing::warn!(connector = %event.connector, ticket = %event.ticket.key, %why, "approval not confirmed by the ITSM; nothing granted");
-            metrics::counter!("jitbridge_approvals_unconfirmed_total", "connector" => event.connector.clone()).increment(1);
+        if confirmation.as_ref().is_some_and(|c| c.fields.is_some())
+            && mapping.matches(event) != Ok(true)
+        {
+            let why = "the ticket as the ITSM reports it does not match this mapping".to_owned();
+            self.store
+                .append_audit(vec![NewAudit {
+                    at: self.clock.now(),
+                    kind: "approval.unconfirmed".into(),
+                    grant_id: live.as_ref().map(|g| g.id),
+                    connector: Some(event.connector.clone()),
+                    ticket_key: Some(event.ticket.key.clone()),
+                    actor: who(event.actor.as_ref()),
+                    detail: json!({"mapping": mapping.name(), "why": why}),
+                }])
+                .await?;
             return Ok(Outcome::Unconfirmed(why));
         }
 
@@ -944,6 +988,16 @@ impl TransitionInput {
     }
 }
 
+/// `confirmed` with any attribute it lacks taken from what the delivery said.
+fn merge_person(delivered: Option<Person>, confirmed: &Person) -> Person {
+    let d = delivered.unwrap_or_default();
+    Person {
+        id: confirmed.id.clone().or(d.id),
+        email: confirmed.email.clone().or(d.email),
+        name: confirmed.name.clone().or(d.name),
+    }
+}
+
 fn apply_spec(g: &mut Grant, spec: &GrantSpec) {
     g.subject = spec.subject.clone();
     g.target = spec.target.clone();
@@ -975,6 +1029,14 @@ pub fn unconfirmed(
         return Some(format!(
             "the ticket's approval is {} in {}, not approved",
             approval.state, event.connector
+        ));
+    }
+    if let Some(status) = &c.status
+        && mapping.ends_or_denies_status(status)
+    {
+        return Some(format!(
+            "the ticket's status is {status:?} in {}, which ends or refuses a grant",
+            event.connector
         ));
     }
     if let Some(status) = &c.status

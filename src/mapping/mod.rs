@@ -337,6 +337,12 @@ impl Mapping {
         !self.on.approve.statuses.is_empty()
     }
 
+    /// Is `status` one that ends a grant (`on.revoke`) or refuses it (`on.deny`)? An approval
+    /// confirmed while the ticket is already in such a status must never grant.
+    pub fn ends_or_denies_status(&self, status: &str) -> bool {
+        self.on.revoke.has_status(status) || self.on.deny.has_status(status)
+    }
+
     /// Runs this mapping's policy for an approval of `event`, including its `condition`, which
     /// sees the same names as `when`. This is the call the engine makes before any grant.
     pub fn check_policy(&self, event: &TicketEvent, input: &PolicyInput<'_>) -> Verdict {

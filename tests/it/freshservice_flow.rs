@@ -685,7 +685,6 @@ async fn rate_limited_api_is_waited_out_and_writebacks_arrive_once_in_order() {
 /// `Confirmation::fields` carrying the API's `custom_fields`, and the confirmed requester in
 /// place of the event's — before `render_grant`.
 #[tokio::test]
-#[ignore = "core bug: grants are rendered from the unsigned body, not the confirmed ticket"]
 async fn approved_request_replayed_with_another_target_grants_only_the_requested_target() {
     let h = Fs::start().await;
     let id = h.raise(users::ALICE, "WS-0050", "2h", &[users::BOB]).await;

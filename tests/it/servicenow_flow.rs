@@ -798,7 +798,6 @@ async fn duplicate_delivery_answers_duplicate_and_applies_once() {
 /// e-mail is known after the Table API confirmation, but the grant service renders the grant
 /// from the delivery before confirming, so this mapping never describes a grant.
 #[tokio::test]
-#[ignore = "core: grant templates never see the confirmed requester (see the report of the servicenow e2e work)"]
 async fn subject_from_the_confirmed_requester_email_is_granted() {
     let h = Snow::start_with(Setup {
         mapping: MAPPING.replace("{{ fields.u_account }}", "{{ requester.email }}"),

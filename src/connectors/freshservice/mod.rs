@@ -176,6 +176,7 @@ impl FreshserviceConnector {
                 status,
                 approval,
                 requester,
+                fields: Some(serde_json::json!({ "custom_fields": custom_fields.clone() })),
             },
             custom_fields,
         })

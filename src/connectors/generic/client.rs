@@ -339,6 +339,7 @@ pub(crate) fn build_confirmation(
         approval,
         // A name alone identifies nobody: leave the delivery's requester in charge then.
         requester: (!requester.is_anonymous()).then_some(requester),
+        fields: None,
     }
 }
 

@@ -71,6 +71,7 @@ impl JiraClient {
             status: fields.and_then(|f| name_of(f.get("status"))),
             requester: fields.and_then(|f| person(f.get("reporter"))),
             approval: records.as_deref().and_then(derive_approval),
+            fields: None,
         })
     }
 

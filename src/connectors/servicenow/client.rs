@@ -238,6 +238,7 @@ impl SnowClient {
             status,
             approval,
             requester,
+            fields: None,
         })
     }
 
