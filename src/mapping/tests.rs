@@ -720,7 +720,8 @@ fn bad_policy_glob_is_a_problem() {
     let p = problems(&text);
     let p = only(&p);
     assert_eq!(p.key, "mapping[0].policy.targets[1]");
-    assert_eq!(p.line, Some(19));
+    // The line of the bad entry itself, not of the table.
+    assert_eq!(p.line, Some(22));
 }
 
 #[test]
@@ -934,6 +935,6 @@ fn policy_condition_sees_the_ticket_through_check_policy() {
     let p = only(&p);
     assert_eq!(
         (p.key.as_str(), p.line),
-        ("mapping[0].policy.condition", Some(19))
+        ("mapping[0].policy.condition", Some(23))
     );
 }

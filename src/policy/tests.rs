@@ -32,7 +32,7 @@ fn policy(distinct: bool, requesters: &[&str], targets: &[&str]) -> Policy {
         distinct_approver: distinct,
         requesters: requesters.iter().map(|s| s.to_string()).collect(),
         targets: targets.iter().map(|s| s.to_string()).collect(),
-        condition: None,
+        ..PolicyConfig::default()
     })
     .unwrap()
 }
@@ -200,17 +200,30 @@ fn distinct_approver_table() {
 }
 
 #[test]
-fn distinct_approver_can_be_switched_off() {
+fn distinct_approver_can_be_switched_off_for_the_requester_only() {
     let a = alice();
     let approvers = [alice()];
+    // The requester approves an elevation for someone else: allowed when switched off.
     let v = check(
         &policy(false, &[], &[]),
-        &input(Some(&a), &approvers, "alice@example.com", "WS-1"),
+        &input(Some(&a), &approvers, "svc-install@example.com", "WS-1"),
     );
     assert!(v.allowed(), "{v:?}");
+    assert!(
+        rule(&v, "distinct_approver")
+            .detail
+            .contains("distinct_approver = false"),
+        "{v:?}"
+    );
+    // Approving one's own elevation is never allowed, switch or not.
+    let v = check(
+        &policy(false, &[], &[]),
+        &input(Some(&a), &approvers, "ALICE@example.com", "WS-1"),
+    );
+    assert!(!v.allowed());
     assert_eq!(
-        rule(&v, "distinct_approver").detail,
-        "not required by this mapping"
+        v.refusal().unwrap(),
+        "approver alice@example.com would receive the privilege; nobody can approve their own elevation"
     );
 }
 
@@ -353,7 +366,7 @@ fn bad_glob_is_reported_with_its_position() {
         distinct_approver: true,
         requesters: vec![],
         targets: vec!["WS-*".into(), "LT-[".into()],
-        condition: None,
+        ..PolicyConfig::default()
     })
     .unwrap_err();
     assert!(

@@ -44,7 +44,7 @@ use crate::grants::state::ALL_STATES;
 use crate::grants::{Grant, GrantState};
 use crate::store::{
     Commit, Delivery, DeliveryOutcome, GrantFilter, InsertOutcome, Job, JobState, Lane,
-    NewDelivery, NewJob, OutboxStats, Store, StoreError,
+    LiveGrantCounts, NewDelivery, NewJob, OutboxStats, Store, StoreError,
 };
 
 use rows::{GrantColumns, at_storage_precision, bounded, duration_ms, ms, to_json};
@@ -806,6 +806,35 @@ impl Store for SqliteStore {
                 .map_err(|e| StoreError::Corrupt(format!("grants.expires_at: {v}: {e}")))
         })
         .transpose()
+    }
+
+    async fn count_live_grants(
+        &self,
+        subject: &str,
+        target: &str,
+    ) -> Result<LiveGrantCounts, StoreError> {
+        // `lower` folds ASCII only, which is what the contract promises. `requested` grants hold
+        // nothing yet and are not counted.
+        let row = sqlx::query(
+            "SELECT \
+               COALESCE(SUM(CASE WHEN lower(trim(subject)) = lower(trim($1)) THEN 1 ELSE 0 END), 0) AS by_subject, \
+               COALESCE(SUM(CASE WHEN lower(trim(target)) = lower(trim($2)) THEN 1 ELSE 0 END), 0) AS by_target \
+             FROM grants \
+             WHERE state IN ('approved', 'active', 'expiring', 'revoking', 'revoke_failed')",
+        )
+        .bind(subject)
+        .bind(target)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let count = |column: &str| -> Result<u64, StoreError> {
+            let n: i64 = row.try_get(column).map_err(db_error)?;
+            u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("{column}: {n}")))
+        };
+        Ok(LiveGrantCounts {
+            by_subject: count("by_subject")?,
+            by_target: count("by_target")?,
+        })
     }
 
     // ---- outbox ----
