@@ -940,34 +940,42 @@ fn check_min_approvals(
     let distinct = distinct_people(&eligible);
     let names: Vec<String> = distinct.iter().map(|a| label(a)).collect();
     let count = u32::try_from(distinct.len()).unwrap_or(u32::MAX);
-    let counted = if policy.approvers.is_empty() {
-        "approver other than the requester and the subject"
-    } else {
-        "allowed approver"
+    // "1 approver other than ...", "2 allowed approvers": who counted, in words.
+    let who = |n: u32| {
+        let noun = if policy.approvers.is_empty() {
+            "approver"
+        } else {
+            "allowed approver"
+        };
+        let plural = if n == 1 { "" } else { "s" };
+        let besides = if policy.approvers.is_empty() {
+            " other than the requester and the subject"
+        } else {
+            ""
+        };
+        format!("{noun}{plural}{besides}")
     };
     if count >= n {
         return Check {
             rule: RULE,
             passed: true,
             detail: format!(
-                "approved by {count} distinct {counted}{} ({}); {} required",
-                if count == 1 { "" } else { "s" },
+                "approved by {count} distinct {} ({}); {n} required",
+                who(count),
                 short_list(&names),
-                n
             ),
         };
     }
     let got = match count {
-        0 => format!("no {counted} approved"),
-        1 => format!("only 1 {counted} approved ({})", short_list(&names)),
-        c => format!("only {c} {counted}s approved ({})", short_list(&names)),
+        0 => format!("no {} approved", who(1)),
+        c => format!("only {c} {} approved ({})", who(c), short_list(&names)),
     };
     Check {
         rule: RULE,
         passed: false,
         detail: format!(
-            "this elevation needs {}, but {got}; the approval was complete in the ticketing system, \
-             so ask for a new request with enough approvers",
+            "this elevation needs {}, but {got}; raise a new request and have it approved by {}",
+            needed(n),
             needed(n)
         ),
     }

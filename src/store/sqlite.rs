@@ -1718,6 +1718,62 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn live_grants_are_counted_by_subject_and_by_target_across_tickets() {
+        let (_dir, store) = fresh().await;
+        let mut states = vec![
+            GrantState::Requested,
+            GrantState::Approved,
+            GrantState::Active,
+            GrantState::Expiring,
+            GrantState::Revoking,
+            GrantState::RevokeFailed,
+            GrantState::Expired,
+            GrantState::Revoked,
+            GrantState::Denied,
+            GrantState::Failed,
+            GrantState::Cancelled,
+        ];
+        for (n, state) in states.drain(..).enumerate() {
+            let mut g = grant(&n.to_string(), "m", state);
+            if n % 2 == 1 {
+                g.target = "WS-9".into();
+            }
+            store.commit(insert(&g)).await.unwrap();
+        }
+        // Another subject on another mapping, on the same target.
+        let mut other = grant("99", "other-mapping", GrantState::Active);
+        other.subject = "bob@example.com".into();
+        other.target = "ws-9".into();
+        store.commit(insert(&other)).await.unwrap();
+
+        // Live: approved(1), active(2), expiring(3), revoking(4), revoke_failed(5).
+        let counts = store
+            .count_live_grants("ALICE@example.com", "LAPTOP-042")
+            .await
+            .unwrap();
+        assert_eq!(counts.by_subject, 5);
+        // Even numbers keep LAPTOP-042: active(2), revoking(4).
+        assert_eq!(counts.by_target, 2);
+        let counts = store
+            .count_live_grants("bob@example.com", "WS-9")
+            .await
+            .unwrap();
+        // approved(1), expiring(3), revoke_failed(5) and Bob's active one, any case.
+        assert_eq!(
+            counts,
+            LiveGrantCounts {
+                by_subject: 1,
+                by_target: 4
+            }
+        );
+        let none = store
+            .count_live_grants("carol@example.com", "SRV-1")
+            .await
+            .unwrap();
+        assert_eq!(none, LiveGrantCounts::default());
+    }
+
+    #[tokio::test]
     async fn active_grant_without_a_deadline_is_refused() {
         let (_dir, store) = fresh().await;
         let mut g = grant("87", "laptop-admin", GrantState::Active);
