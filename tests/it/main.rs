@@ -7,5 +7,6 @@ mod harness;
 mod cli;
 mod ingress;
 mod jira_flow;
+mod policy_flow;
 mod resilience;
 mod secrets;
