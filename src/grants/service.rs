@@ -16,7 +16,7 @@ use crate::clock::SharedClock;
 use crate::connectors::{Confirmation, ConnectorError, Registry, Writeback, WritebackAction};
 use crate::mapping::{GrantSpec, Mapping, MappingSet, Trigger, stored_context};
 use crate::outbox::{provider_job, writeback_job};
-use crate::policy::{PolicyInput, Verdict};
+use crate::policy::{ApproverSource, Facts, PolicyInput, Verdict};
 use crate::providers::ProviderAction;
 use crate::store::{Commit, NewJob, Store, StoreError};
 use crate::ticket::{EventKind, Person, TicketEvent};
@@ -453,10 +453,19 @@ impl GrantService {
             .and_then(|c| c.approval.as_ref())
             .map(|a| a.approvers.clone())
             .unwrap_or_default();
-        let approvers = if confirmed_approvers.is_empty() {
-            event.actor.iter().cloned().collect()
-        } else {
-            confirmed_approvers
+        // Where the approvers come from decides what policy may conclude from them: only the
+        // ITSM's own record (or a delivery the admin chose to trust) can show that an allowed
+        // person approved; a delivery's actor can still show that the requester did.
+        let (approvers, approvers_from) = match (&confirmation, confirmed_approvers.is_empty()) {
+            (_, false) => (confirmed_approvers, ApproverSource::Confirmed),
+            (None, true) => (
+                event.actor.iter().cloned().collect(),
+                ApproverSource::Delivery,
+            ),
+            (Some(_), true) => (
+                event.actor.iter().cloned().collect(),
+                ApproverSource::Unconfirmed,
+            ),
         };
         let requester = confirmation
             .as_ref()
@@ -472,7 +481,22 @@ impl GrantService {
         grant.requester = requester.clone();
         grant.approvers = approvers.clone();
 
-        let verdict = mapping.check_policy(
+        let live = if mapping.policy().needs_live_counts() {
+            Some(
+                self.store
+                    .count_live_grants(&spec.subject, &spec.target)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let facts = Facts {
+            now: self.clock.now(),
+            live_for_subject: live.map(|c| c.by_subject),
+            live_for_target: live.map(|c| c.by_target),
+            approvers_from,
+        };
+        let verdict = mapping.check_policy_at(
             event,
             &PolicyInput {
                 requester: requester.as_ref(),
@@ -481,6 +505,7 @@ impl GrantService {
                 target: &spec.target,
                 duration: spec.duration,
             },
+            &facts,
         );
         if !verdict.allowed() {
             let reason = verdict

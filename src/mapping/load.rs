@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
-use super::raw::{RawFile, RawMapping, RawOn, RawRule};
+use super::raw::{RawFile, RawMapping, RawOn, RawPolicy, RawRule};
 use super::template::{self, describe};
 use super::{
     Condition, Known, Mapping, OnRules, Rule, T_DURATION, T_SCOPE, T_SUBJECT, T_TARGET,
@@ -20,7 +20,7 @@ use super::{
 };
 use crate::config::{Problem, line_of, parse_duration};
 use crate::grants::GrantState;
-use crate::policy::{DURATION_CEILING, Policy, PolicyError};
+use crate::policy::{DURATION_CEILING, Policy};
 
 /// Loads every file; `Ok` only when no file has any problem.
 pub(super) fn load(
@@ -235,21 +235,7 @@ fn build(site: &mut Site<'_>, raw: RawMapping, known: &Known) -> Option<Mapping>
 
     let policy = match &raw.policy {
         None => Some(Policy::default()),
-        Some(config) => match Policy::compile(config.get_ref()) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                let why = match &e {
-                    PolicyError::Glob { pattern, why, .. } => {
-                        format!("{pattern:?} is not a valid glob ({why}); write e.g. \"WS-*\"")
-                    }
-                    PolicyError::Condition { why } => {
-                        format!("the CEL expression does not compile: {why}")
-                    }
-                };
-                site.report(&format!("policy.{}", e.key()), Some(config.span()), why);
-                None
-            }
-        },
+        Some(table) => build_policy(site, table, max_duration),
     };
 
     let mut writeback = HashMap::new();
@@ -413,4 +399,39 @@ fn build_on(site: &mut Site<'_>, on: &Spanned<RawOn>) -> Option<OnRules> {
         deny: it.next()?,
         revoke: it.next()?,
     })
+}
+
+/// Compiles `[mapping.policy]`, reporting a problem at the line of the offending entry (or of
+/// the table when the entry has no span). `min_duration` must not exceed `max_duration`, or no
+/// request could ever pass.
+fn build_policy(
+    site: &mut Site<'_>,
+    table: &Spanned<RawPolicy>,
+    max_duration: Option<jiff::SignedDuration>,
+) -> Option<Policy> {
+    let raw = table.get_ref();
+    match Policy::compile(&raw.config()) {
+        Ok(policy) => {
+            if let (Some(min), Some(max)) = (policy.min_duration(), max_duration)
+                && min > max
+            {
+                site.report(
+                    "policy.min_duration",
+                    raw.span("min_duration", None).or(Some(table.span())),
+                    format!(
+                        "{min:#} is longer than grant.max_duration ({max:#}), so no request could \
+                         ever pass; lower min_duration or raise max_duration"
+                    ),
+                );
+                return None;
+            }
+            Some(policy)
+        }
+        Err(e) => {
+            let (key, index) = e.position();
+            let span = raw.span(key, index).or(Some(table.span()));
+            site.report(&format!("policy.{}", e.key()), span, e.why());
+            None
+        }
+    }
 }

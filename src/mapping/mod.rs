@@ -21,7 +21,7 @@ use jiff::SignedDuration;
 use serde::Serialize;
 
 use crate::grants::GrantState;
-use crate::policy::{Policy, PolicyInput, Verdict};
+use crate::policy::{Facts, Policy, PolicyInput, Verdict};
 use crate::ticket::{EventKind, TicketEvent};
 
 pub use context::{stored_context, template_context, writeback_context};
@@ -344,9 +344,22 @@ impl Mapping {
     }
 
     /// Runs this mapping's policy for an approval of `event`, including its `condition`, which
-    /// sees the same names as `when`. This is the call the engine makes before any grant.
+    /// sees the same names as `when`, but without [`Facts`]: a dry run, in which `hours` and
+    /// `max_active_per_*` cannot pass. The engine uses [`Mapping::check_policy_at`].
     pub fn check_policy(&self, event: &TicketEvent, input: &PolicyInput<'_>) -> Verdict {
         crate::policy::check_in_context(&self.policy, input, Some(&template_context(event)))
+    }
+
+    /// Runs this mapping's whole policy for an approval of `event` with the [`Facts`] of the
+    /// moment (the clock's "now", live-grant counts, where the approvers came from). This is
+    /// the call the engine makes before any grant.
+    pub fn check_policy_at(
+        &self,
+        event: &TicketEvent,
+        input: &PolicyInput<'_>,
+        facts: &Facts,
+    ) -> Verdict {
+        crate::policy::check_at(&self.policy, input, facts, Some(&template_context(event)))
     }
 
     /// Renders the grant for this event. Subject, target and scope must be non-empty after

@@ -720,7 +720,8 @@ fn bad_policy_glob_is_a_problem() {
     let p = problems(&text);
     let p = only(&p);
     assert_eq!(p.key, "mapping[0].policy.targets[1]");
-    assert_eq!(p.line, Some(19));
+    // The line of the bad entry itself, not of the table.
+    assert_eq!(p.line, Some(22));
 }
 
 #[test]
@@ -934,6 +935,59 @@ fn policy_condition_sees_the_ticket_through_check_policy() {
     let p = only(&p);
     assert_eq!(
         (p.key.as_str(), p.line),
-        ("mapping[0].policy.condition", Some(19))
+        ("mapping[0].policy.condition", Some(23))
     );
+}
+
+#[test]
+fn new_policy_keys_load_and_their_problems_name_the_line() {
+    let good = one_mapping(
+        "targets = [\"WS-*\", \"LT-*\"]",
+        "targets = [\"WS-*\", \"LT-*\"]\nhours = [\"Mon-Fri 07:00-19:00 Europe/Berlin\"]\nmin_duration = \"15m\"\nmax_active_per_subject = 1\nmax_active_per_target = 2\napprovers = [\"bob@example.com\", \"carol@example.com\"]\nmin_approvals = 2",
+    );
+    let set = load(&[("m.toml", &good)]).unwrap();
+    let m = set.get("helpdesk-local-admin").unwrap();
+    assert!(m.policy().needs_live_counts());
+    assert_eq!(m.policy().hours().len(), 1);
+
+    // (replacement for the targets line, key, line, fragment of why)
+    let cases = [
+        (
+            "targets = [\"WS-*\"]\nhours = [\"Mon-Fri 07:00-19:00 UTC\",\n  \"Mon-Fri 07:00-19:00 Mars/Base\"]",
+            "mapping[0].policy.hours[1]",
+            24,
+            "not a known time zone",
+        ),
+        (
+            "targets = [\"WS-*\"]\nmin_duration = \"5h\"",
+            "mapping[0].policy.min_duration",
+            23,
+            "longer than grant.max_duration (4h)",
+        ),
+        (
+            "targets = [\"WS-*\"]\napprovers = [\"group:helpdesk-leads\"]",
+            "mapping[0].policy.approvers[0]",
+            23,
+            "identity map",
+        ),
+        (
+            "targets = [\"WS-*\"]\nmax_active_per_subject = 0",
+            "mapping[0].policy.max_active_per_subject",
+            23,
+            "refuse every request",
+        ),
+        (
+            "targets = [\"WS-*\"]\nmin_approval = 2",
+            "mapping[0].policy.min_approval",
+            23,
+            "unknown field",
+        ),
+    ];
+    for (with, key, line, why) in cases {
+        let text = one_mapping("targets = [\"WS-*\", \"LT-*\"]", with);
+        let p = problems(&text);
+        let p = only(&p);
+        assert_eq!((p.key.as_str(), p.line), (key, Some(line)), "{with}: {p}");
+        assert!(p.why.contains(why), "{with}: {p}");
+    }
 }

@@ -1,19 +1,27 @@
 //! Policy: the checks every grant must pass after an approval and before any privilege is
-//! applied — the approver is someone other than the requester and the subject, the requester
-//! and the target are ones this mapping serves, the duration is sane. Pure: no I/O, no clock;
-//! the engine calls [`check`] and writes a refusal's [`Verdict::refusal`] back to the ticket.
+//! applied — the approver is someone other than the requester and the subject, and one the
+//! mapping allows; enough distinct people approved; the requester and the target are ones this
+//! mapping serves; the duration is sane; it is within the allowed hours; the subject and the
+//! target do not already hold too many live grants. Pure: no I/O, no clock; the engine gathers
+//! the [`Facts`] (the clock's "now", live-grant counts from the store, where the approvers came
+//! from), calls [`check_at`] and writes a refusal's [`Verdict::refusal`] back to the ticket.
 //!
 //! The rules come from a mapping's `[mapping.policy]` table ([`PolicyConfig`]), compiled once at
 //! load into a [`Policy`] so that a bad glob or condition is a configuration problem, never a
 //! runtime surprise. A policy `condition` (CEL) needs the ticket's names: [`check_in_context`]
 //! (or [`crate::mapping::Mapping::check_policy`]) evaluates it; [`check`] without a context
-//! fails such a policy rather than skip a rule.
+//! fails such a policy rather than skip a rule. In the same spirit, rules that need [`Facts`]
+//! (`hours`, `max_active_per_*`) fail when checked without them.
+
+mod hours;
 
 use std::sync::Arc;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
-use jiff::SignedDuration;
+use jiff::{SignedDuration, Timestamp};
 use serde::Deserialize;
+
+pub use hours::Window;
 
 use crate::mapping::condition::{CelVariables, Condition, ConditionFailure};
 use crate::ticket::Person;
@@ -43,6 +51,30 @@ pub struct PolicyConfig {
     /// e.g. `'fields.customfield_10080 == "Yes"'`. An error or a non-boolean result refuses.
     #[serde(default)]
     pub condition: Option<String>,
+    /// Windows in which an approval may be granted, e.g. `"Mon-Fri 07:00-19:00 Europe/Berlin"`;
+    /// empty means any time. Outside every window the approval is refused.
+    #[serde(default)]
+    pub hours: Vec<String>,
+    /// The shortest grant worth issuing (`"15m"`): a shorter request is refused, whereas
+    /// `grant.max_duration` silently caps a longer one.
+    #[serde(default)]
+    pub min_duration: Option<String>,
+    /// How many live grants (approved, active, expiring, revoking, revoke_failed) one subject
+    /// may hold at once, across all tickets and mappings.
+    #[serde(default)]
+    pub max_active_per_subject: Option<i64>,
+    /// How many live grants one target may carry at once, across all tickets and mappings.
+    #[serde(default)]
+    pub max_active_per_target: Option<i64>,
+    /// Who may approve: e-mail addresses or ITSM user ids (case-insensitive). Empty means anyone
+    /// but the requester and the subject. `group:` entries need the identity map (a later
+    /// change) and are refused at load for now.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// How many distinct people (by id or e-mail) must have approved, counting only allowed
+    /// approvers who are neither the requester nor the subject.
+    #[serde(default)]
+    pub min_approvals: Option<i64>,
 }
 
 fn default_true() -> bool {
@@ -56,9 +88,28 @@ impl Default for PolicyConfig {
             requesters: Vec::new(),
             targets: Vec::new(),
             condition: None,
+            hours: Vec::new(),
+            min_duration: None,
+            max_active_per_subject: None,
+            max_active_per_target: None,
+            approvers: Vec::new(),
+            min_approvals: None,
         }
     }
 }
+
+/// The largest `max_active_per_*` accepted: beyond it the limit means nothing.
+pub const MAX_ACTIVE_LIMIT: i64 = 10_000;
+
+/// The largest `min_approvals` accepted; no approval process asks more people than this.
+pub const MAX_MIN_APPROVALS: i64 = 50;
+
+/// The most entries `hours` or `approvers` may list: policy lists are short by nature, and
+/// every refusal reason names them.
+pub const MAX_LIST_ENTRIES: usize = 1_000;
+
+/// At most this many approvers of one approval are considered (distinctness is quadratic).
+const MAX_APPROVERS_CONSIDERED: usize = 256;
 
 /// A policy table that cannot be compiled; names the key so loading can report a precise problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -81,6 +132,45 @@ pub enum PolicyError {
         /// CEL's message.
         why: String,
     },
+    /// An entry of `hours` is not a window.
+    #[error("hours[{index}]: {why}")]
+    Hours {
+        /// Position in the list.
+        index: usize,
+        /// What is wrong and how to write it.
+        why: String,
+    },
+    /// `min_duration` is not a usable duration.
+    #[error("min_duration: {why}")]
+    MinDuration {
+        /// What is wrong and how to write it.
+        why: String,
+    },
+    /// A numeric limit (`max_active_per_subject`, `max_active_per_target`, `min_approvals`)
+    /// is out of range or contradicts another key.
+    #[error("{key}: {why}")]
+    Limit {
+        /// The key.
+        key: &'static str,
+        /// What is wrong and how to fix it.
+        why: String,
+    },
+    /// An entry of `approvers` is not an identity this version can compare.
+    #[error("approvers[{index}]: {why}")]
+    Approver {
+        /// Position in the list.
+        index: usize,
+        /// What is wrong and how to fix it.
+        why: String,
+    },
+    /// A list is longer than [`MAX_LIST_ENTRIES`].
+    #[error("{list}: {len} entries, more than the {MAX_LIST_ENTRIES} allowed")]
+    TooLong {
+        /// Which list.
+        list: &'static str,
+        /// How many entries it has.
+        len: usize,
+    },
 }
 
 impl PolicyError {
@@ -89,6 +179,42 @@ impl PolicyError {
         match self {
             PolicyError::Glob { list, index, .. } => format!("{list}[{index}]"),
             PolicyError::Condition { .. } => "condition".to_owned(),
+            PolicyError::Hours { index, .. } => format!("hours[{index}]"),
+            PolicyError::MinDuration { .. } => "min_duration".to_owned(),
+            PolicyError::Limit { key, .. } => (*key).to_owned(),
+            PolicyError::Approver { index, .. } => format!("approvers[{index}]"),
+            PolicyError::TooLong { list, .. } => (*list).to_owned(),
+        }
+    }
+
+    /// The key's root (`hours` for `hours[1]`) and position in its list, if it is a list entry:
+    /// what the loader needs to find the entry's line.
+    pub fn position(&self) -> (&'static str, Option<usize>) {
+        match self {
+            PolicyError::Glob { list, index, .. } => (list, Some(*index)),
+            PolicyError::Condition { .. } => ("condition", None),
+            PolicyError::Hours { index, .. } => ("hours", Some(*index)),
+            PolicyError::MinDuration { .. } => ("min_duration", None),
+            PolicyError::Limit { key, .. } => (key, None),
+            PolicyError::Approver { index, .. } => ("approvers", Some(*index)),
+            PolicyError::TooLong { list, .. } => (list, None),
+        }
+    }
+
+    /// What is wrong, without the key (the loader reports the key separately).
+    pub fn why(&self) -> String {
+        match self {
+            PolicyError::Glob { pattern, why, .. } => {
+                format!("{pattern:?} is not a valid glob ({why}); write e.g. \"WS-*\"")
+            }
+            PolicyError::Condition { why } => format!("the CEL expression does not compile: {why}"),
+            PolicyError::Hours { why, .. }
+            | PolicyError::MinDuration { why }
+            | PolicyError::Limit { why, .. }
+            | PolicyError::Approver { why, .. } => why.clone(),
+            PolicyError::TooLong { len, .. } => {
+                format!("{len} entries, more than the {MAX_LIST_ENTRIES} allowed")
+            }
         }
     }
 }
@@ -147,11 +273,17 @@ pub struct Policy {
     requesters: GlobList,
     targets: GlobList,
     condition: Option<Arc<Condition>>,
+    hours: Vec<Window>,
+    min_duration: Option<SignedDuration>,
+    max_active_per_subject: Option<u32>,
+    max_active_per_target: Option<u32>,
+    approvers: Vec<String>,
+    min_approvals: Option<u32>,
 }
 
 impl Policy {
-    /// Compiles the globs and the condition of `config`; a bad glob is reported with its list
-    /// and position.
+    /// Compiles the globs, the condition, the windows and the limits of `config`; a bad entry
+    /// is reported with its key and position, so loading can point at the line to fix.
     pub fn compile(config: &PolicyConfig) -> Result<Policy, PolicyError> {
         let condition = match &config.condition {
             None => None,
@@ -159,11 +291,85 @@ impl Policy {
                 Condition::compile(source).map_err(|why| PolicyError::Condition { why })?,
             )),
         };
+        for (list, len) in [
+            ("requesters", config.requesters.len()),
+            ("targets", config.targets.len()),
+            ("hours", config.hours.len()),
+            ("approvers", config.approvers.len()),
+        ] {
+            if len > MAX_LIST_ENTRIES {
+                return Err(PolicyError::TooLong { list, len });
+            }
+        }
+        let hours = config
+            .hours
+            .iter()
+            .enumerate()
+            .map(|(index, text)| {
+                Window::parse(text).map_err(|why| PolicyError::Hours { index, why })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let min_duration = match &config.min_duration {
+            None => None,
+            Some(text) => {
+                let d = crate::config::parse_duration(text)
+                    .map_err(|why| PolicyError::MinDuration { why })?;
+                if d.is_zero() || d.is_negative() {
+                    return Err(PolicyError::MinDuration {
+                        why: "must be longer than zero; remove the key for no minimum".to_owned(),
+                    });
+                }
+                if d > DURATION_CEILING {
+                    return Err(PolicyError::MinDuration {
+                        why: format!(
+                            "{d:#} is longer than the {DURATION_CEILING:#} no grant may exceed, so \
+                             no request could ever pass"
+                        ),
+                    });
+                }
+                Some(d)
+            }
+        };
+        let approvers = config
+            .approvers
+            .iter()
+            .enumerate()
+            .map(|(index, entry)| {
+                approver_entry(entry).map_err(|why| PolicyError::Approver { index, why })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let min_approvals = limit("min_approvals", config.min_approvals, MAX_MIN_APPROVALS)?;
+        if let Some(n) = min_approvals {
+            let listed = distinct_entries(&approvers);
+            if !approvers.is_empty() && usize::try_from(n).unwrap_or(usize::MAX) > listed {
+                return Err(PolicyError::Limit {
+                    key: "min_approvals",
+                    why: format!(
+                        "{n} distinct approvers are required but `approvers` lists only {listed}, \
+                         so no request could ever pass; list more approvers or lower min_approvals"
+                    ),
+                });
+            }
+        }
         Ok(Policy {
             distinct_approver: config.distinct_approver,
             requesters: GlobList::compile("requesters", &config.requesters)?,
             targets: GlobList::compile("targets", &config.targets)?,
             condition,
+            hours,
+            min_duration,
+            max_active_per_subject: limit(
+                "max_active_per_subject",
+                config.max_active_per_subject,
+                MAX_ACTIVE_LIMIT,
+            )?,
+            max_active_per_target: limit(
+                "max_active_per_target",
+                config.max_active_per_target,
+                MAX_ACTIVE_LIMIT,
+            )?,
+            approvers,
+            min_approvals,
         })
     }
 
@@ -176,11 +382,28 @@ impl Policy {
     pub fn distinct_approver(&self) -> bool {
         self.distinct_approver
     }
+
+    /// The shortest grant this policy accepts, if it sets one (the loader compares it with
+    /// `grant.max_duration`).
+    pub fn min_duration(&self) -> Option<SignedDuration> {
+        self.min_duration
+    }
+
+    /// The allowed-hours windows (empty: any time).
+    pub fn hours(&self) -> &[Window] {
+        &self.hours
+    }
+
+    /// Whether [`Facts::live_for_subject`] / [`Facts::live_for_target`] are needed, so the
+    /// engine asks the store only when a limit is set.
+    pub fn needs_live_counts(&self) -> bool {
+        self.max_active_per_subject.is_some() || self.max_active_per_target.is_some()
+    }
 }
 
 impl Default for Policy {
     /// The policy of a mapping without a `[mapping.policy]` table: distinct approver, any
-    /// requester, any target.
+    /// requester, any target, any time, no limits.
     fn default() -> Self {
         Policy {
             distinct_approver: true,
@@ -193,6 +416,120 @@ impl Default for Policy {
                 set: GlobSet::empty(),
             },
             condition: None,
+            hours: Vec::new(),
+            min_duration: None,
+            max_active_per_subject: None,
+            max_active_per_target: None,
+            approvers: Vec::new(),
+            min_approvals: None,
+        }
+    }
+}
+
+/// A positive count no larger than `max`, or a problem naming `key`.
+fn limit(key: &'static str, value: Option<i64>, max: i64) -> Result<Option<u32>, PolicyError> {
+    let Some(n) = value else {
+        return Ok(None);
+    };
+    if n < 1 {
+        return Err(PolicyError::Limit {
+            key,
+            why: format!(
+                "{n} would refuse every request; use 1 or more, or remove the key for no limit"
+            ),
+        });
+    }
+    if n > max {
+        return Err(PolicyError::Limit {
+            key,
+            why: format!("{n} is more than the {max} allowed"),
+        });
+    }
+    u32::try_from(n).map(Some).map_err(|_| PolicyError::Limit {
+        key,
+        why: format!("{n} is out of range"),
+    })
+}
+
+/// One `approvers` entry, lower-cased for case-insensitive comparison.
+fn approver_entry(entry: &str) -> Result<String, String> {
+    let trimmed = entry.trim();
+    if trimmed.is_empty() {
+        return Err("the entry is empty; write an e-mail address or an ITSM user id".to_owned());
+    }
+    if trimmed.len() > 256 {
+        return Err(
+            "longer than 256 characters; write an e-mail address or an ITSM user id".to_owned(),
+        );
+    }
+    if trimmed
+        .get(..6)
+        .is_some_and(|p| p.eq_ignore_ascii_case("group:"))
+    {
+        return Err(format!(
+            "{trimmed:?}: approver groups need the identity map, which this version does not read \
+             yet; list the group's members by e-mail or user id instead"
+        ));
+    }
+    if trimmed.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{trimmed:?} contains a space or control character; write one e-mail address or user id per entry"
+        ));
+    }
+    if trimmed.contains(['*', '?', '[']) {
+        return Err(format!(
+            "{trimmed:?} looks like a pattern; approvers are exact identities (e-mail or user id)"
+        ));
+    }
+    Ok(trimmed.to_lowercase())
+}
+
+/// How many distinct entries a lower-cased `approvers` list holds.
+fn distinct_entries(entries: &[String]) -> usize {
+    let mut seen: Vec<&String> = entries.iter().collect();
+    seen.sort();
+    seen.dedup();
+    seen.len()
+}
+
+/// Where the approvers in a [`PolicyInput`] came from: `approvers` and `min_approvals` trust
+/// only identities the ITSM vouches for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApproverSource {
+    /// Read from the ITSM's own approval records through its API (JSM approvals, ServiceNow
+    /// approval rows, ...).
+    Confirmed,
+    /// Taken from the authenticated delivery because the connector does not confirm approvals
+    /// (`confirm_approvals = false`): the administrator chose to trust the delivery.
+    Delivery,
+    /// The ITSM confirmed that the ticket is approved but not by whom, so the delivery's actor
+    /// is the only name there is. Good enough to refuse a self-approval, not to prove that an
+    /// allowed person approved.
+    Unconfirmed,
+}
+
+/// What the engine knows about the world at decision time, besides the request: policy stays
+/// pure, and tests can set any "now" or count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Facts {
+    /// The clock's "now", for `hours`.
+    pub now: Timestamp,
+    /// Live grants the subject already holds (across all tickets); `None` when not counted.
+    pub live_for_subject: Option<u64>,
+    /// Live grants on the target (across all tickets); `None` when not counted.
+    pub live_for_target: Option<u64>,
+    /// Where [`PolicyInput::approvers`] came from.
+    pub approvers_from: ApproverSource,
+}
+
+impl Facts {
+    /// Facts at `now` with approvers read from the ITSM and nothing counted.
+    pub fn at(now: Timestamp) -> Facts {
+        Facts {
+            now,
+            live_for_subject: None,
+            live_for_target: None,
+            approvers_from: ApproverSource::Confirmed,
         }
     }
 }
@@ -249,24 +586,70 @@ impl Verdict {
 
 /// Evaluates every rule of `policy` against `input`. Never short-circuits, so the verdict lists
 /// all failures; [`Verdict::refusal`] picks the first for the ticket comment. A policy with a
-/// `condition` fails here: use [`check_in_context`] to give it the ticket's names.
+/// `condition` fails here: use [`check_in_context`] to give it the ticket's names; one with
+/// `hours` or `max_active_per_*` fails too: use [`check_at`] to give it the [`Facts`].
 pub fn check(policy: &Policy, input: &PolicyInput) -> Verdict {
-    check_in_context(policy, input, None)
+    evaluate(policy, input, None, None)
 }
 
 /// [`check`], with the ticket's template context (see [`crate::mapping::template_context`]) for
-/// the policy's `condition`.
+/// the policy's `condition`, but without [`Facts`] (for dry runs).
 pub fn check_in_context(
     policy: &Policy,
     input: &PolicyInput,
     context: Option<&serde_json::Value>,
 ) -> Verdict {
-    let mut checks = vec![
-        check_distinct_approver(policy, input),
-        check_requester(policy, input),
-        check_target(policy, input),
-        check_duration(input),
-    ];
+    evaluate(policy, input, None, context)
+}
+
+/// The engine's check: every rule, with the [`Facts`] of the moment and the ticket's context.
+pub fn check_at(
+    policy: &Policy,
+    input: &PolicyInput,
+    facts: &Facts,
+    context: Option<&serde_json::Value>,
+) -> Verdict {
+    evaluate(policy, input, Some(facts), context)
+}
+
+fn evaluate(
+    policy: &Policy,
+    input: &PolicyInput,
+    facts: Option<&Facts>,
+    context: Option<&serde_json::Value>,
+) -> Verdict {
+    let mut checks = vec![check_distinct_approver(policy, input)];
+    if !policy.approvers.is_empty() {
+        checks.push(check_approvers(policy, input, facts));
+    }
+    if let Some(n) = policy.min_approvals {
+        checks.push(check_min_approvals(policy, input, facts, n));
+    }
+    checks.push(check_requester(policy, input));
+    checks.push(check_target(policy, input));
+    checks.push(check_duration(input));
+    if let Some(min) = policy.min_duration {
+        checks.push(check_min_duration(input, min));
+    }
+    if !policy.hours.is_empty() {
+        checks.push(check_hours(&policy.hours, facts));
+    }
+    if let Some(max) = policy.max_active_per_subject {
+        checks.push(check_live(
+            "max_active_per_subject",
+            Holder::Subject(input.subject.trim()),
+            facts.and_then(|f| f.live_for_subject),
+            max,
+        ));
+    }
+    if let Some(max) = policy.max_active_per_target {
+        checks.push(check_live(
+            "max_active_per_target",
+            Holder::Target(input.target.trim()),
+            facts.and_then(|f| f.live_for_target),
+            max,
+        ));
+    }
     if let Some(condition) = &policy.condition {
         checks.push(check_condition(condition, context));
     }
@@ -339,48 +722,53 @@ fn check_distinct_approver(policy: &Policy, input: &PolicyInput) -> Check {
         passed: false,
         detail,
     };
-    if !policy.distinct_approver {
-        return Check {
-            rule: RULE,
-            passed: true,
-            detail: "not required by this mapping".to_owned(),
-        };
-    }
     let identified: Vec<&Person> = input
         .approvers
         .iter()
         .filter(|a| !a.is_anonymous())
         .collect();
-    if identified.is_empty() {
-        return fail(
-            "the approval names no identifiable approver, so it cannot be shown to come from someone \
-             other than the requester"
-                .to_owned(),
-        );
-    }
-    let requester = match input.requester {
-        Some(r) if !r.is_anonymous() => r,
-        _ => {
+    if policy.distinct_approver {
+        if identified.is_empty() {
             return fail(
-                "the ticket's requester is unknown, so the approval cannot be shown to come from someone \
+                "the approval names no identifiable approver, so it cannot be shown to come from someone \
                  other than the requester"
                     .to_owned(),
             );
         }
-    };
-    for approver in &identified {
-        if approver.same_identity(requester) {
-            return fail(format!(
-                "approver {} is the requester; a request cannot be approved by the person who raised it",
-                label(approver)
-            ));
+        let requester = match input.requester {
+            Some(r) if !r.is_anonymous() => r,
+            _ => {
+                return fail(
+                    "the ticket's requester is unknown, so the approval cannot be shown to come from someone \
+                     other than the requester"
+                        .to_owned(),
+                );
+            }
+        };
+        for approver in &identified {
+            if same_person(approver, requester) {
+                return fail(format!(
+                    "approver {} is the requester; a request cannot be approved by the person who raised it",
+                    label(approver)
+                ));
+            }
         }
-        if is_subject(approver, input.subject) {
-            return fail(format!(
-                "approver {} would receive the privilege; nobody can approve their own elevation",
-                label(approver)
-            ));
-        }
+    }
+    // Nobody approves their own elevation, whatever the mapping says: this part is not optional.
+    if let Some(approver) = identified.iter().find(|a| is_subject(a, input.subject)) {
+        return fail(format!(
+            "approver {} would receive the privilege; nobody can approve their own elevation",
+            label(approver)
+        ));
+    }
+    if !policy.distinct_approver {
+        return Check {
+            rule: RULE,
+            passed: true,
+            detail: "the requester may approve (distinct_approver = false); no approver is the \
+                     grant's subject"
+                .to_owned(),
+        };
     }
     let names: Vec<String> = identified.iter().map(|a| label(a)).collect();
     Check {
@@ -389,6 +777,206 @@ fn check_distinct_approver(policy: &Policy, input: &PolicyInput) -> Check {
         detail: format!(
             "approved by {}, who is neither the requester nor the subject",
             names.join(", ")
+        ),
+    }
+}
+
+/// The same identity by id or e-mail, ignoring ASCII case on both (case-insensitive ids can
+/// only merge people, never tell one person apart from themself).
+fn same_person(a: &Person, b: &Person) -> bool {
+    let same = |x: &Option<String>, y: &Option<String>| match (x, y) {
+        (Some(x), Some(y)) => {
+            let (x, y) = (x.trim(), y.trim());
+            !x.is_empty() && x.eq_ignore_ascii_case(y)
+        }
+        _ => false,
+    };
+    same(&a.id, &b.id) || same(&a.email, &b.email)
+}
+
+/// Whether `person` is named by a lower-cased `approvers` entry (by e-mail or by id).
+fn is_listed(entries: &[String], person: &Person) -> bool {
+    [&person.email, &person.id]
+        .into_iter()
+        .flatten()
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .any(|v| entries.iter().any(|e| e.eq_ignore_ascii_case(v)))
+}
+
+/// `a, b, c and 4 more`: lists in ticket comments stay readable.
+fn short_list(items: &[String]) -> String {
+    const SHOWN: usize = 5;
+    match items.len() {
+        0 => "nobody".to_owned(),
+        n if n <= SHOWN => items.join(", "),
+        n => format!("{} and {} more", items[..SHOWN].join(", "), n - SHOWN),
+    }
+}
+
+fn trusted_source(facts: Option<&Facts>) -> bool {
+    facts.is_none_or(|f| f.approvers_from != ApproverSource::Unconfirmed)
+}
+
+const UNCONFIRMED_APPROVERS: &str = "the ticketing system confirmed the approval but not who gave it, \
+     so it cannot be shown that an allowed person approved";
+
+fn check_approvers(policy: &Policy, input: &PolicyInput, facts: Option<&Facts>) -> Check {
+    const RULE: &str = "approvers";
+    let allowed = short_list(&policy.approvers);
+    if !trusted_source(facts) {
+        return Check {
+            rule: RULE,
+            passed: false,
+            detail: format!("{UNCONFIRMED_APPROVERS} (allowed approvers: {allowed})"),
+        };
+    }
+    let identified: Vec<&Person> = input
+        .approvers
+        .iter()
+        .take(MAX_APPROVERS_CONSIDERED)
+        .filter(|a| !a.is_anonymous())
+        .collect();
+    let (listed, unlisted): (Vec<&Person>, Vec<&Person>) = identified
+        .iter()
+        .partition(|a| is_listed(&policy.approvers, a));
+    if listed.is_empty() {
+        let detail = if unlisted.is_empty() {
+            format!(
+                "the approval names no identifiable approver, and only {allowed} may approve this elevation"
+            )
+        } else {
+            let names: Vec<String> = unlisted.iter().map(|a| label(a)).collect();
+            format!(
+                "approved by {}, who may not approve this elevation (allowed approvers: {allowed})",
+                short_list(&names)
+            )
+        };
+        return Check {
+            rule: RULE,
+            passed: false,
+            detail,
+        };
+    }
+    let names: Vec<String> = listed.iter().map(|a| label(a)).collect();
+    Check {
+        rule: RULE,
+        passed: true,
+        detail: format!(
+            "approved by {}, who may approve this elevation",
+            short_list(&names)
+        ),
+    }
+}
+
+/// Distinct people among `people`: approvers linked by a shared id or e-mail count once, even
+/// through a chain (a by id = b, b by e-mail = c), so a count is never too high.
+fn distinct_people<'a>(people: &[&'a Person]) -> Vec<&'a Person> {
+    let mut group: Vec<usize> = (0..people.len()).collect();
+    fn root(group: &mut [usize], mut i: usize) -> usize {
+        while let Some(&parent) = group.get(i) {
+            if parent == i {
+                break;
+            }
+            i = parent;
+        }
+        i
+    }
+    for i in 0..people.len() {
+        for j in (i + 1)..people.len() {
+            if let (Some(a), Some(b)) = (people.get(i), people.get(j))
+                && same_person(a, b)
+            {
+                let (ri, rj) = (root(&mut group, i), root(&mut group, j));
+                if let Some(slot) = group.get_mut(rj) {
+                    *slot = ri;
+                }
+            }
+        }
+    }
+    people
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| root(&mut group, *i) == *i)
+        .map(|(_, p)| *p)
+        .collect()
+}
+
+fn check_min_approvals(
+    policy: &Policy,
+    input: &PolicyInput,
+    facts: Option<&Facts>,
+    n: u32,
+) -> Check {
+    const RULE: &str = "min_approvals";
+    let needed = |n: u32| {
+        if n == 1 {
+            "1 approver".to_owned()
+        } else {
+            format!("{n} distinct approvers")
+        }
+    };
+    if !trusted_source(facts) {
+        return Check {
+            rule: RULE,
+            passed: false,
+            detail: format!(
+                "this elevation needs {}, but the ticketing system confirmed the approval without \
+                 saying who gave it",
+                needed(n)
+            ),
+        };
+    }
+    let requester = input.requester.filter(|r| !r.is_anonymous());
+    let eligible: Vec<&Person> = input
+        .approvers
+        .iter()
+        .take(MAX_APPROVERS_CONSIDERED)
+        .filter(|a| !a.is_anonymous())
+        .filter(|a| !is_subject(a, input.subject))
+        .filter(|a| requester.is_none_or(|r| !same_person(a, r)))
+        .filter(|a| policy.approvers.is_empty() || is_listed(&policy.approvers, a))
+        .collect();
+    let distinct = distinct_people(&eligible);
+    let names: Vec<String> = distinct.iter().map(|a| label(a)).collect();
+    let count = u32::try_from(distinct.len()).unwrap_or(u32::MAX);
+    // "1 approver other than ...", "2 allowed approvers": who counted, in words.
+    let who = |n: u32| {
+        let noun = if policy.approvers.is_empty() {
+            "approver"
+        } else {
+            "allowed approver"
+        };
+        let plural = if n == 1 { "" } else { "s" };
+        let besides = if policy.approvers.is_empty() {
+            " other than the requester and the subject"
+        } else {
+            ""
+        };
+        format!("{noun}{plural}{besides}")
+    };
+    if count >= n {
+        return Check {
+            rule: RULE,
+            passed: true,
+            detail: format!(
+                "approved by {count} distinct {} ({}); {n} required",
+                who(count),
+                short_list(&names),
+            ),
+        };
+    }
+    let got = match count {
+        0 => format!("no {} approved", who(1)),
+        c => format!("only {c} {} approved ({})", who(c), short_list(&names)),
+    };
+    Check {
+        rule: RULE,
+        passed: false,
+        detail: format!(
+            "this elevation needs {}, but {got}; raise a new request and have it approved by {}",
+            needed(n),
+            needed(n)
         ),
     }
 }
@@ -528,6 +1116,123 @@ fn check_duration(input: &PolicyInput) -> Check {
         rule: RULE,
         passed: true,
         detail: format!("{d:#} is within the {DURATION_CEILING:#} limit"),
+    }
+}
+
+fn check_min_duration(input: &PolicyInput, min: SignedDuration) -> Check {
+    const RULE: &str = "min_duration";
+    let d = input.duration;
+    if d < min {
+        Check {
+            rule: RULE,
+            passed: false,
+            detail: format!(
+                "a grant of {d:#} is shorter than the {min:#} this elevation needs at least; ask \
+                 for {min:#} or more"
+            ),
+        }
+    } else {
+        Check {
+            rule: RULE,
+            passed: true,
+            detail: format!("{d:#} is at least the {min:#} minimum"),
+        }
+    }
+}
+
+fn check_hours(windows: &[Window], facts: Option<&Facts>) -> Check {
+    const RULE: &str = "hours";
+    let allowed: Vec<&str> = windows.iter().map(Window::text).collect();
+    let allowed = allowed.join(", ");
+    let Some(facts) = facts else {
+        return Check {
+            rule: RULE,
+            passed: false,
+            detail: format!(
+                "the time of the approval is unknown, so the allowed hours ({allowed}) could not be checked"
+            ),
+        };
+    };
+    if let Some(window) = windows.iter().find(|w| w.contains(facts.now)) {
+        return Check {
+            rule: RULE,
+            passed: true,
+            detail: format!(
+                "approved at {}, within {}",
+                window.local_now(facts.now),
+                window.text()
+            ),
+        };
+    }
+    // The local time once per zone, so a person can see why it is outside.
+    let mut seen: Vec<&str> = Vec::new();
+    let mut local: Vec<String> = Vec::new();
+    for w in windows {
+        if !seen.contains(&w.zone_name()) {
+            seen.push(w.zone_name());
+            local.push(w.local_now(facts.now));
+        }
+    }
+    Check {
+        rule: RULE,
+        passed: false,
+        detail: format!(
+            "approved at {}, outside the hours this elevation may be granted ({allowed}); approve \
+             it again within those hours",
+            short_list(&local)
+        ),
+    }
+}
+
+/// What a live-grant limit counts for.
+enum Holder<'a> {
+    Subject(&'a str),
+    Target(&'a str),
+}
+
+fn check_live(rule: &'static str, holder: Holder<'_>, count: Option<u64>, max: u32) -> Check {
+    let grants = |n: u64| {
+        if n == 1 {
+            "1 live grant".to_owned()
+        } else {
+            format!("{n} live grants")
+        }
+    };
+    let (who, holds, what) = match holder {
+        Holder::Subject(s) => (s, "holds", "one subject"),
+        Holder::Target(t) => (t, "has", "one target"),
+    };
+    let Some(count) = count else {
+        return Check {
+            rule,
+            passed: false,
+            detail: format!(
+                "the live grants of {who} could not be counted, so the limit of {} for {what} could not be checked",
+                grants(u64::from(max))
+            ),
+        };
+    };
+    if count >= u64::from(max) {
+        Check {
+            rule,
+            passed: false,
+            detail: format!(
+                "{who} already {holds} {}, and this elevation allows at most {} for {what} at a \
+                 time; ask again when one has ended",
+                grants(count),
+                grants(u64::from(max))
+            ),
+        }
+    } else {
+        Check {
+            rule,
+            passed: true,
+            detail: format!(
+                "{who} {holds} {} (at most {} at a time)",
+                grants(count),
+                grants(u64::from(max))
+            ),
+        }
     }
 }
 

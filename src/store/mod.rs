@@ -183,6 +183,18 @@ pub struct GrantFilter {
     pub limit: Option<u32>,
 }
 
+/// Live grants (approved, active, expiring, revoking, revoke_failed) that already hold a
+/// privilege for a subject or on a target, across every ticket, mapping and connector: what
+/// `max_active_per_subject` / `max_active_per_target` limit. Subjects and targets are compared
+/// without regard to ASCII case, as e-mail addresses and host names are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LiveGrantCounts {
+    /// Live grants whose subject is the one asked about.
+    pub by_subject: u64,
+    /// Live grants whose target is the one asked about.
+    pub by_target: u64,
+}
+
 /// Queue health for metrics.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct OutboxStats {
@@ -249,6 +261,13 @@ pub trait Store: Send + Sync + 'static {
     async fn due_grants(&self, now: Timestamp, limit: u32) -> Result<Vec<Grant>, StoreError>;
     /// The earliest deadline among active grants.
     async fn next_deadline(&self) -> Result<Option<Timestamp>, StoreError>;
+    /// How many live grants (see [`LiveGrantCounts`]) `subject` holds and `target` carries.
+    /// Policy decides with these counts; `requested` grants are not counted.
+    async fn count_live_grants(
+        &self,
+        subject: &str,
+        target: &str,
+    ) -> Result<LiveGrantCounts, StoreError>;
 
     // ---- outbox ----
     /// Leases up to `limit` pending jobs of `lane` that are due, never two of the same queue key,

@@ -44,7 +44,7 @@ use crate::grants::state::ALL_STATES;
 use crate::grants::{Grant, GrantState};
 use crate::store::{
     Commit, Delivery, DeliveryOutcome, GrantFilter, InsertOutcome, Job, JobState, Lane,
-    NewDelivery, NewJob, OutboxStats, Store, StoreError,
+    LiveGrantCounts, NewDelivery, NewJob, OutboxStats, Store, StoreError,
 };
 
 use rows::{GrantColumns, at_storage_precision, bounded, duration_ms, ms, to_json};
@@ -806,6 +806,35 @@ impl Store for SqliteStore {
                 .map_err(|e| StoreError::Corrupt(format!("grants.expires_at: {v}: {e}")))
         })
         .transpose()
+    }
+
+    async fn count_live_grants(
+        &self,
+        subject: &str,
+        target: &str,
+    ) -> Result<LiveGrantCounts, StoreError> {
+        // `lower` folds ASCII only, which is what the contract promises. `requested` grants hold
+        // nothing yet and are not counted.
+        let row = sqlx::query(
+            "SELECT \
+               COALESCE(SUM(CASE WHEN lower(trim(subject)) = lower(trim($1)) THEN 1 ELSE 0 END), 0) AS by_subject, \
+               COALESCE(SUM(CASE WHEN lower(trim(target)) = lower(trim($2)) THEN 1 ELSE 0 END), 0) AS by_target \
+             FROM grants \
+             WHERE state IN ('approved', 'active', 'expiring', 'revoking', 'revoke_failed')",
+        )
+        .bind(subject)
+        .bind(target)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let count = |column: &str| -> Result<u64, StoreError> {
+            let n: i64 = row.try_get(column).map_err(db_error)?;
+            u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("{column}: {n}")))
+        };
+        Ok(LiveGrantCounts {
+            by_subject: count("by_subject")?,
+            by_target: count("by_target")?,
+        })
     }
 
     // ---- outbox ----
@@ -1686,6 +1715,62 @@ mod tests {
             store.commit(revived).await,
             Err(StoreError::Conflict(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn live_grants_are_counted_by_subject_and_by_target_across_tickets() {
+        let (_dir, store) = fresh().await;
+        let mut states = vec![
+            GrantState::Requested,
+            GrantState::Approved,
+            GrantState::Active,
+            GrantState::Expiring,
+            GrantState::Revoking,
+            GrantState::RevokeFailed,
+            GrantState::Expired,
+            GrantState::Revoked,
+            GrantState::Denied,
+            GrantState::Failed,
+            GrantState::Cancelled,
+        ];
+        for (n, state) in states.drain(..).enumerate() {
+            let mut g = grant(&n.to_string(), "m", state);
+            if n % 2 == 1 {
+                g.target = "WS-9".into();
+            }
+            store.commit(insert(&g)).await.unwrap();
+        }
+        // Another subject on another mapping, on the same target.
+        let mut other = grant("99", "other-mapping", GrantState::Active);
+        other.subject = "bob@example.com".into();
+        other.target = "ws-9".into();
+        store.commit(insert(&other)).await.unwrap();
+
+        // Live: approved(1), active(2), expiring(3), revoking(4), revoke_failed(5).
+        let counts = store
+            .count_live_grants("ALICE@example.com", "LAPTOP-042")
+            .await
+            .unwrap();
+        assert_eq!(counts.by_subject, 5);
+        // Even numbers keep LAPTOP-042: active(2), revoking(4).
+        assert_eq!(counts.by_target, 2);
+        let counts = store
+            .count_live_grants("bob@example.com", "WS-9")
+            .await
+            .unwrap();
+        // approved(1), expiring(3), revoke_failed(5) and Bob's active one, any case.
+        assert_eq!(
+            counts,
+            LiveGrantCounts {
+                by_subject: 1,
+                by_target: 4
+            }
+        );
+        let none = store
+            .count_live_grants("carol@example.com", "SRV-1")
+            .await
+            .unwrap();
+        assert_eq!(none, LiveGrantCounts::default());
     }
 
     #[tokio::test]
