@@ -38,6 +38,8 @@ pub struct MappingExplanation {
     pub policy: Vec<serde_json::Value>,
     pub decision: String,
     pub writebacks: Vec<serde_json::Value>,
+    /// What a dry run cannot know.
+    pub note: &'static str,
 }
 
 /// Explains `body` arriving on `connector`.
@@ -80,6 +82,7 @@ fn explain_event(mappings: &MappingSet, event: TicketEvent) -> EventExplanation 
             policy: Vec::new(),
             decision: "no match: nothing happens".into(),
             writebacks: Vec::new(),
+            note: "dry run: assumes the ITSM confirms the approvers named in the delivery (the daemon checks that first) and that no other grant is live for the subject or target",
         };
         let Some(mapping) = mappings.get(&ev.mapping) else {
             continue;
@@ -100,7 +103,7 @@ fn explain_event(mappings: &MappingSet, event: TicketEvent) -> EventExplanation 
                 "capped_at_max_duration": spec.capped,
             }));
             let approvers: Vec<_> = event.actor.iter().cloned().collect();
-            let verdict = mapping.check_policy(
+            let verdict = mapping.check_policy_at(
                 &event,
                 &PolicyInput {
                     requester: event.requester.as_ref(),
@@ -108,6 +111,13 @@ fn explain_event(mappings: &MappingSet, event: TicketEvent) -> EventExplanation 
                     subject: &spec.subject,
                     target: &spec.target,
                     duration: spec.duration,
+                },
+                &crate::policy::Facts {
+                    now: jiff::Timestamp::now(),
+                    // A dry run reads no store: limits are shown as if no other grant were live.
+                    live_for_subject: Some(0),
+                    live_for_target: Some(0),
+                    approvers_from: crate::policy::ApproverSource::Confirmed,
                 },
             );
             m.policy = verdict

@@ -203,8 +203,15 @@ impl GrantService {
                 )
                 .await;
         }
+        // Same instant as the event that ended the previous grant: a replay if it is the same
+        // event (same content), a genuine new event otherwise (ITSMs with whole-second times).
         if let (None, Some(ended)) = (&live, &latest)
             && event.occurred_at == ended.last_event_at
+            && ended
+                .context
+                .get(LAST_EVENT_DIGEST)
+                .and_then(|d| d.as_str())
+                .is_none_or(|d| d == event_digest(event))
         {
             return self
                 .ignore(
@@ -529,6 +536,7 @@ impl GrantService {
             actor: who(approvers.first()),
             reason: None,
             occurred_at: Some(event.occurred_at),
+            digest: Some(event_digest(event)),
             detail: json!({
                 "approvers": approvers, "requester": requester, "confirmed": confirmation,
                 "policy": verdict_json(&verdict), "requested_duration_secs": spec.requested.as_secs(), "capped": spec.capped,
@@ -580,6 +588,7 @@ impl GrantService {
             actor: who(event.actor.as_ref()),
             reason: Some(reason.clone()),
             occurred_at: Some(event.occurred_at),
+            digest: Some(event_digest(event)),
             detail: json!({"policy": verdict.map(verdict_json), "mapping": mapping.name()}),
         };
         let grant = self
@@ -605,6 +614,7 @@ impl GrantService {
                     actor,
                     reason: Some(reason),
                     occurred_at: event.map(|e| e.occurred_at),
+                    digest: event.map(event_digest),
                     detail: json!({}),
                 };
                 self.transition(grant, GrantEvent::Cancel, input).await
@@ -618,6 +628,7 @@ impl GrantService {
                     actor,
                     reason: Some(reason),
                     occurred_at: event.map(|e| e.occurred_at),
+                    digest: event.map(event_digest),
                     detail: json!({}),
                 };
                 self.transition(grant, GrantEvent::EndEarly, input).await
@@ -773,7 +784,13 @@ impl GrantService {
             revoke_cause: None,
             reason: None,
             last_event_at: event.occurred_at,
-            context: stored_context(event),
+            context: {
+                let mut ctx = stored_context(event);
+                if let Some(obj) = ctx.as_object_mut() {
+                    obj.insert(LAST_EVENT_DIGEST.into(), json!(event_digest(event)));
+                }
+                ctx
+            },
             version: 0,
         };
         apply_spec(&mut g, spec);
@@ -816,8 +833,13 @@ impl GrantService {
         let from = grant.state;
         let next = next_state(from, event, grant.revoke_cause)?;
         grant.state = next;
-        if let Some(at) = input.occurred_at {
-            grant.last_event_at = grant.last_event_at.max(at);
+        if let Some(at) = input.occurred_at
+            && at >= grant.last_event_at
+        {
+            grant.last_event_at = at;
+            if let (Some(d), Some(ctx)) = (&input.digest, grant.context.as_object_mut()) {
+                ctx.insert(LAST_EVENT_DIGEST.into(), json!(d));
+            }
         }
         if let Some(r) = &input.reason {
             grant.reason = Some(r.clone());
@@ -991,6 +1013,8 @@ struct TransitionInput {
     reason: Option<String>,
     occurred_at: Option<Timestamp>,
     detail: serde_json::Value,
+    /// Content digest of the ticket event that caused this transition, if one did.
+    digest: Option<String>,
 }
 
 impl TransitionInput {
@@ -999,6 +1023,7 @@ impl TransitionInput {
             actor: Some("system".into()),
             reason,
             occurred_at: None,
+            digest: None,
             detail,
         }
     }
@@ -1008,9 +1033,22 @@ impl TransitionInput {
             actor: who(event.actor.as_ref()),
             reason: Some(reason.into()),
             occurred_at: Some(event.occurred_at),
+            digest: Some(event_digest(event)),
             detail: json!({"event": event.kind.as_str()}),
         }
     }
+}
+
+/// Key in a grant's stored context holding the digest of the last ticket event applied.
+const LAST_EVENT_DIGEST: &str = "_last_event_digest";
+
+/// SHA-256 of the event's raw delivery (canonical JSON), to tell a replay from a new event that
+/// happens to carry the same timestamp.
+fn event_digest(event: &TicketEvent) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(
+        serde_json::to_vec(&event.payload).unwrap_or_default(),
+    ))
 }
 
 /// `confirmed` with any attribute it lacks taken from what the delivery said.

@@ -441,9 +441,17 @@ async fn approval_by_the_requester_is_denied_even_when_an_agent_approves_again()
     })
     .await;
     let all = z.grants(&id.to_string()).await;
+    let audit: Vec<(String, String)> = z
+        .store()
+        .audit_records(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.record.kind, r.record.detail["why"].to_string()))
+        .collect();
     assert!(
         ok.is_some(),
-        "the second approval is denied too: {:?}",
+        "the second approval is denied too: {:?}; audit: {audit:?}",
         all.iter()
             .map(|g| (g.state, g.reason.clone()))
             .collect::<Vec<_>>()
