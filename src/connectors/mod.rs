@@ -6,6 +6,7 @@
 
 pub mod freshservice;
 pub mod generic;
+mod http;
 pub mod jira;
 pub mod servicenow;
 

@@ -7,6 +7,10 @@
 //! (never the host, a header or the credentials) and are sanitized and truncated, since they end
 //! up in logs, the audit trail and ticket comments.
 
+#[cfg(test)]
+use crate::connectors::http::MAX_DETAIL_CHARS;
+pub(crate) use crate::connectors::http::clean;
+use crate::connectors::http::{json_body, read_limited, transport};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +23,6 @@ use crate::connectors::{ConnectorError, OutboundAuth};
 use crate::ticket::Person;
 
 /// Longest error detail kept, in characters.
-const MAX_DETAIL_CHARS: usize = 300;
 /// Largest error body read to extract a detail from.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 /// Largest successful JSON response accepted (a ticket view with a long HTML description fits).
@@ -110,7 +113,7 @@ impl FreshserviceClient {
         let (op, resp) = self
             .send(Method::GET, &["api", "v2", "tickets", id], &[], None)
             .await?;
-        let body = json_body(&op, check(&op, resp).await?).await?;
+        let body = json_body(&op, check(&op, resp).await?, MAX_JSON_BODY).await?;
         model::unwrap_record(&body, "ticket")
             .cloned()
             .ok_or_else(|| ConnectorError::Invalid(format!("{op}: the response holds no ticket")))
@@ -131,7 +134,7 @@ impl FreshserviceClient {
             if resp.status() == StatusCode::NOT_FOUND {
                 continue;
             }
-            let body = json_body(&op, check(&op, resp).await?).await?;
+            let body = json_body(&op, check(&op, resp).await?, MAX_JSON_BODY).await?;
             if let Some(p) = model::unwrap_record(&body, wrapper).and_then(model::person) {
                 return Ok(Some(p));
             }
@@ -156,7 +159,7 @@ impl FreshserviceClient {
             if resp.status() == StatusCode::NOT_FOUND {
                 return Ok(None);
             }
-            let body = json_body(&op, check(&op, resp).await?).await?;
+            let body = json_body(&op, check(&op, resp).await?, MAX_JSON_BODY).await?;
             let len = model::page_len(&body);
             all.extend(model::decisions(&body));
             if len < APPROVAL_PAGE_SIZE {
@@ -323,20 +326,6 @@ pub(crate) fn error_detail(body: &[u8]) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("; "))
 }
 
-/// Makes `s` safe for one log line: control characters become spaces, and it is cut at
-/// [`MAX_DETAIL_CHARS`] characters.
-pub(crate) fn clean(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .take(MAX_DETAIL_CHARS)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if s.chars().nth(MAX_DETAIL_CHARS).is_some() {
-        out.push('…');
-    }
-    out
-}
-
 /// `HTTP 503 Service Unavailable`, for bodies that say nothing useful.
 fn reason(status: StatusCode) -> String {
     format!(
@@ -346,85 +335,6 @@ fn reason(status: StatusCode) -> String {
     )
     .trim_end()
     .to_owned()
-}
-
-/// A request that never produced a response: connection refused, TLS failure, timeout...
-/// The URL is left out (`without_url`) so nothing from the request line reaches the detail.
-fn transport(op: &str, err: reqwest::Error) -> ConnectorError {
-    if err.is_builder() {
-        return ConnectorError::Invalid(clean(&format!(
-            "{op}: cannot build request: {}",
-            err.without_url()
-        )));
-    }
-    let what = if err.is_timeout() {
-        "timed out"
-    } else if err.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
-    let mut detail = format!("{op}: {what}");
-    let mut source = std::error::Error::source(&err);
-    for _ in 0..4 {
-        let Some(s) = source else { break };
-        detail.push_str(": ");
-        detail.push_str(&s.to_string());
-        source = s.source();
-    }
-    ConnectorError::Unavailable {
-        status: None,
-        retry_after: None,
-        detail: clean(&detail),
-    }
-}
-
-/// Reads a successful response as JSON, refusing oversized bodies.
-async fn json_body(op: &str, mut resp: Response) -> Result<Value, ConnectorError> {
-    let bytes = read_limited(&mut resp, MAX_JSON_BODY, true)
-        .await
-        .map_err(|e| match e {
-            ReadError::TooLarge => {
-                ConnectorError::Invalid(format!("{op}: response larger than {MAX_JSON_BODY} bytes"))
-            }
-            ReadError::Transport(e) => transport(op, e),
-        })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ConnectorError::Invalid(format!(
-            "{op}: response is not JSON (line {}, column {})",
-            e.line(),
-            e.column()
-        ))
-    })
-}
-
-/// Why a bounded body read stopped.
-#[derive(Debug)]
-enum ReadError {
-    TooLarge,
-    Transport(reqwest::Error),
-}
-
-/// Reads at most `limit` bytes of the body. With `strict`, a longer body is an error; without,
-/// it is cut (enough for an error message).
-async fn read_limited(
-    resp: &mut Response,
-    limit: usize,
-    strict: bool,
-) -> Result<Vec<u8>, ReadError> {
-    let mut buf = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(ReadError::Transport)? {
-        let room = limit.saturating_sub(buf.len());
-        if chunk.len() > room {
-            if strict {
-                return Err(ReadError::TooLarge);
-            }
-            buf.extend_from_slice(chunk.get(..room).unwrap_or_default());
-            break;
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf)
 }
 
 #[cfg(test)]

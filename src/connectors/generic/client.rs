@@ -9,6 +9,8 @@
 //! paths find). Error details name the method and path only, never the host, a header or the
 //! credentials, and are cleaned and cut because they reach logs, the audit trail and tickets.
 
+pub(crate) use crate::connectors::http::clean;
+use crate::connectors::http::{ReadError, read_limited};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -25,7 +27,6 @@ use crate::connectors::{Confirmation, ConnectorError, OutboundAuth, Writeback, W
 use crate::ticket::{Approval, Person, TicketRef};
 
 /// Longest error detail kept, in characters.
-const MAX_DETAIL_CHARS: usize = 300;
 /// Largest error body read to extract a message from.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 /// Largest successful JSON response accepted.
@@ -435,20 +436,6 @@ pub(crate) fn error_message(errors: &ErrorSpec, body: &[u8]) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(": "))
 }
 
-/// Makes `s` safe for one log line: control characters become spaces; cut at
-/// [`MAX_DETAIL_CHARS`] characters.
-pub(crate) fn clean(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .take(MAX_DETAIL_CHARS)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if s.chars().nth(MAX_DETAIL_CHARS).is_some() {
-        out.push('…');
-    }
-    out
-}
-
 /// `HTTP 404 Not Found`, for bodies that say nothing the file knows how to read.
 fn reason(status: StatusCode) -> String {
     format!(
@@ -477,34 +464,6 @@ fn transport(op: &str, err: &reqwest::Error) -> ConnectorError {
         retry_after: None,
         detail: clean(&format!("{op}: {what}")),
     }
-}
-
-/// Why a bounded body read stopped.
-#[derive(Debug)]
-enum ReadError {
-    TooLarge,
-    Transport(reqwest::Error),
-}
-
-/// Reads at most `limit` bytes. With `strict`, a longer body is an error; without, it is cut.
-async fn read_limited(
-    resp: &mut Response,
-    limit: usize,
-    strict: bool,
-) -> Result<Vec<u8>, ReadError> {
-    let mut buf = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(ReadError::Transport)? {
-        let room = limit.saturating_sub(buf.len());
-        if chunk.len() > room {
-            if strict {
-                return Err(ReadError::TooLarge);
-            }
-            buf.extend_from_slice(chunk.get(..room).unwrap_or_default());
-            break;
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf)
 }
 
 #[cfg(test)]
