@@ -2,6 +2,8 @@
 //! transport failures classified as retryable, and error details cleaned for logs and audit
 //! records (control characters removed, length capped, URLs left out).
 
+use std::time::Duration;
+
 use reqwest::Response;
 use serde_json::Value;
 
@@ -104,4 +106,26 @@ pub(crate) async fn read_limited(
         buf.extend_from_slice(&chunk);
     }
     Ok(buf)
+}
+
+/// Maps a non-success HTTP status onto the retry classes: `429` is rate limiting, `408`, `409`,
+/// `425` and `5xx` are transient, every other status is a permanent refusal.
+pub(crate) fn classify(
+    status: u16,
+    retry_after: Option<Duration>,
+    detail: String,
+) -> ConnectorError {
+    match status {
+        429 => ConnectorError::RateLimited {
+            status,
+            retry_after,
+            detail,
+        },
+        408 | 409 | 425 | 500..=599 => ConnectorError::Unavailable {
+            status: Some(status),
+            retry_after,
+            detail,
+        },
+        _ => ConnectorError::Rejected { status, detail },
+    }
 }

@@ -8,7 +8,7 @@
 
 #[cfg(test)]
 use crate::connectors::http::MAX_DETAIL_CHARS;
-pub(crate) use crate::connectors::http::clean;
+pub(crate) use crate::connectors::http::{classify, clean};
 use crate::connectors::http::{json_body, read_limited, transport};
 use std::time::Duration;
 
@@ -263,28 +263,6 @@ async fn check(op: &str, mut resp: Response) -> Result<Response, ConnectorError>
         error_detail(&body).unwrap_or_else(|| reason(status))
     );
     Err(classify(status.as_u16(), retry_after, clean(&detail)))
-}
-
-/// Maps a non-success HTTP status onto the retry classes: `429` is rate limiting, `408`, `409`,
-/// `425` and `5xx` are transient, every other status is a permanent refusal.
-pub(crate) fn classify(
-    status: u16,
-    retry_after: Option<Duration>,
-    detail: String,
-) -> ConnectorError {
-    match status {
-        429 => ConnectorError::RateLimited {
-            status,
-            retry_after,
-            detail,
-        },
-        408 | 409 | 425 | 500..=599 => ConnectorError::Unavailable {
-            status: Some(status),
-            retry_after,
-            detail,
-        },
-        _ => ConnectorError::Rejected { status, detail },
-    }
 }
 
 /// The delay the server asked for: `Retry-After` seconds, or on a `429` without it the
