@@ -1113,3 +1113,172 @@ pub fn unconfirmed(
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::mapping::Known;
+    use crate::ticket::{Approval, EventKind, Ticket};
+
+    fn mappings(on_approve: &str) -> MappingSet {
+        let text = format!(
+            r#"
+[[mapping]]
+name = "m"
+connector = "c"
+when = 'true'
+[mapping.grant]
+subject = "s@example.com"
+target = "WS-1"
+scope = "local-admin"
+duration = "1h"
+max_duration = "4h"
+provider = "p"
+[mapping.on]
+approve = {on_approve}
+deny = {{ status = ["Declined"] }}
+revoke = {{ status = ["Done", "Cancelled"] }}
+"#
+        );
+        let known = Known {
+            connectors: vec!["c".into()],
+            providers: vec!["p".into()],
+        };
+        MappingSet::from_files(&[(PathBuf::from("m.toml"), text)], &known)
+            .expect("test mapping loads")
+    }
+
+    fn event() -> TicketEvent {
+        TicketEvent {
+            connector: "c".into(),
+            kind: EventKind::Approved,
+            ticket: Ticket {
+                id: "1".into(),
+                key: "T-1".into(),
+                ..Default::default()
+            },
+            requester: None,
+            actor: None,
+            approval: None,
+            status_change: None,
+            occurred_at: Timestamp::UNIX_EPOCH,
+            fields: json!({}),
+            payload: json!({}),
+        }
+    }
+
+    fn confirmed(status: Option<&str>, approval: Option<&str>) -> Confirmation {
+        Confirmation {
+            status: status.map(str::to_owned),
+            approval: approval.map(|s| Approval {
+                state: s.into(),
+                ..Default::default()
+            }),
+            requester: None,
+            fields: None,
+        }
+    }
+
+    #[test]
+    fn the_api_record_decides_whether_an_approval_stands() {
+        let by_status = mappings(r#"{ status = ["Approved"] }"#);
+        let by_event = mappings(r#"{ event = ["approved"] }"#);
+        let cases: &[(&MappingSet, Option<&str>, Option<&str>, bool, &str)] = &[
+            (
+                &by_status,
+                Some("Approved"),
+                Some("approved"),
+                true,
+                "status and approval agree",
+            ),
+            (
+                &by_status,
+                Some("approved"),
+                None,
+                true,
+                "status names compare case-insensitively",
+            ),
+            (
+                &by_status,
+                Some("Approved"),
+                Some("pending"),
+                false,
+                "approval still pending",
+            ),
+            (
+                &by_status,
+                Some("Approved"),
+                Some("rejected"),
+                false,
+                "approval rejected",
+            ),
+            (
+                &by_status,
+                Some("Waiting for approval"),
+                None,
+                false,
+                "status is not an approval status",
+            ),
+            (
+                &by_status,
+                Some("Done"),
+                Some("approved"),
+                false,
+                "ticket already finished",
+            ),
+            (
+                &by_event,
+                Some("In Progress"),
+                Some("approved"),
+                true,
+                "event rule: any open status",
+            ),
+            (
+                &by_event,
+                Some("Cancelled"),
+                Some("approved"),
+                false,
+                "event rule: finished ticket never grants",
+            ),
+            (
+                &by_event,
+                Some("Declined"),
+                Some("approved"),
+                false,
+                "event rule: declined ticket never grants",
+            ),
+            (
+                &by_event,
+                None,
+                Some("unknown"),
+                false,
+                "unknown approval words never approve",
+            ),
+        ];
+        for (set, status, approval, stands, why) in cases {
+            let m = set.get("m").expect("mapping");
+            let verdict = unconfirmed(m, &event(), Some(&confirmed(*status, *approval)));
+            assert_eq!(verdict.is_none(), *stands, "{why}: {verdict:?}");
+        }
+    }
+
+    #[test]
+    fn without_confirmation_the_delivery_stands_alone() {
+        let set = mappings(r#"{ status = ["Approved"] }"#);
+        assert_eq!(
+            unconfirmed(set.get("m").expect("mapping"), &event(), None),
+            None
+        );
+    }
+
+    #[test]
+    fn replay_digest_changes_with_the_delivery_content() {
+        let a = event();
+        let mut b = event();
+        b.payload = json!({"user": "someone else"});
+        assert_eq!(event_digest(&a), event_digest(&event()));
+        assert_ne!(event_digest(&a), event_digest(&b));
+    }
+}
