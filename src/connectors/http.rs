@@ -129,3 +129,41 @@ pub(crate) fn classify(
         _ => ConnectorError::Rejected { status, detail },
     }
 }
+
+/// Longest error body read for its message.
+pub(crate) const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Passes a successful response through; turns any other into a classified
+/// [`ConnectorError`], with the delay the system asked for (`retry_after`, read by the caller
+/// in its system's terms) and the message of its error envelope (`error_detail`).
+pub(crate) async fn check_status(
+    op: &str,
+    mut resp: Response,
+    retry_after: impl FnOnce(&reqwest::header::HeaderMap) -> Option<Duration>,
+    error_detail: fn(&[u8]) -> Option<String>,
+) -> Result<Response, ConnectorError> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let retry_after = retry_after(resp.headers());
+    let body = read_limited(&mut resp, MAX_ERROR_BODY, false)
+        .await
+        .unwrap_or_default();
+    let detail = format!(
+        "{op}: {}",
+        error_detail(&body).unwrap_or_else(|| reason(status))
+    );
+    Err(classify(status.as_u16(), retry_after, clean(&detail)))
+}
+
+/// `HTTP 503 Service Unavailable`: the status when the body says nothing useful.
+pub(crate) fn reason(status: reqwest::StatusCode) -> String {
+    format!(
+        "HTTP {} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )
+    .trim_end()
+    .to_owned()
+}

@@ -9,8 +9,10 @@
 
 #[cfg(test)]
 use crate::connectors::http::MAX_DETAIL_CHARS;
-pub(crate) use crate::connectors::http::{classify, clean};
-use crate::connectors::http::{json_body, read_limited, transport};
+#[cfg(test)]
+use crate::connectors::http::classify;
+pub(crate) use crate::connectors::http::clean;
+use crate::connectors::http::{check_status, json_body, transport};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +26,6 @@ use crate::ticket::Person;
 
 /// Longest error detail kept, in characters.
 /// Largest error body read to extract a detail from.
-const MAX_ERROR_BODY: usize = 64 * 1024;
 /// Largest successful JSON response accepted (a ticket view with a long HTML description fits).
 const MAX_JSON_BODY: usize = 4 * 1024 * 1024;
 /// Page size asked for when listing approvals (Freshservice's maximum).
@@ -238,21 +239,9 @@ impl FreshserviceClient {
     }
 }
 
-/// Passes a successful response through; turns any other into a classified [`ConnectorError`].
-async fn check(op: &str, mut resp: Response) -> Result<Response, ConnectorError> {
-    let status = resp.status();
-    if status.is_success() {
-        return Ok(resp);
-    }
-    let retry_after = retry_hint(resp.headers());
-    let body = read_limited(&mut resp, MAX_ERROR_BODY, false)
-        .await
-        .unwrap_or_default();
-    let detail = format!(
-        "{op}: {}",
-        error_detail(&body).unwrap_or_else(|| reason(status))
-    );
-    Err(classify(status.as_u16(), retry_after, clean(&detail)))
+/// Passes a successful response through; any other becomes a classified error.
+async fn check(op: &str, resp: Response) -> Result<Response, ConnectorError> {
+    check_status(op, resp, retry_hint, error_detail).await
 }
 
 /// `Retry-After` in seconds (Freshservice sends seconds), clamped to an hour.
@@ -302,17 +291,6 @@ pub(crate) fn error_detail(body: &[u8]) -> Option<String> {
         }
     }
     (!parts.is_empty()).then(|| parts.join("; "))
-}
-
-/// `HTTP 503 Service Unavailable`, for bodies that say nothing useful.
-fn reason(status: StatusCode) -> String {
-    format!(
-        "HTTP {} {}",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("")
-    )
-    .trim_end()
-    .to_owned()
 }
 
 #[cfg(test)]

@@ -8,8 +8,10 @@
 
 #[cfg(test)]
 use crate::connectors::http::MAX_DETAIL_CHARS;
-pub(crate) use crate::connectors::http::{classify, clean};
-use crate::connectors::http::{json_body, read_limited, transport};
+#[cfg(test)]
+use crate::connectors::http::classify;
+pub(crate) use crate::connectors::http::clean;
+use crate::connectors::http::{check_status, json_body, transport};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -22,7 +24,6 @@ use crate::connectors::{Confirmation, ConnectorError, OutboundAuth};
 
 /// Longest error detail kept, in characters.
 /// Largest error body read to extract a detail from.
-const MAX_ERROR_BODY: usize = 64 * 1024;
 /// Largest successful JSON response accepted.
 const MAX_JSON_BODY: usize = 2 * 1024 * 1024;
 /// Page size asked for when listing JSM approvals.
@@ -248,21 +249,16 @@ pub(crate) fn issue_ref(ticket: &crate::ticket::TicketRef) -> Result<&str, Conne
         })
 }
 
-/// Passes a successful response through; turns any other into a classified [`ConnectorError`].
-async fn check(op: &str, mut resp: Response) -> Result<Response, ConnectorError> {
-    let status = resp.status();
-    if status.is_success() {
-        return Ok(resp);
-    }
-    let retry_after = retry_hint(status.as_u16(), resp.headers(), Timestamp::now());
-    let body = read_limited(&mut resp, MAX_ERROR_BODY, false)
-        .await
-        .unwrap_or_default();
-    let detail = format!(
-        "{op}: {}",
-        error_detail(&body).unwrap_or_else(|| reason(status))
-    );
-    Err(classify(status.as_u16(), retry_after, clean(&detail)))
+/// Passes a successful response through; any other becomes a classified error.
+async fn check(op: &str, resp: Response) -> Result<Response, ConnectorError> {
+    let status = resp.status().as_u16();
+    check_status(
+        op,
+        resp,
+        |h| retry_hint(status, h, Timestamp::now()),
+        error_detail,
+    )
+    .await
 }
 
 /// The delay the server asked for: `Retry-After` seconds, or on a `429` without it the
@@ -315,17 +311,6 @@ pub(crate) fn error_detail(body: &[u8]) -> Option<String> {
         parts.push(m);
     }
     (!parts.is_empty()).then(|| parts.join("; "))
-}
-
-/// `HTTP 503 Service Unavailable`, for bodies that say nothing useful.
-fn reason(status: StatusCode) -> String {
-    format!(
-        "HTTP {} {}",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("")
-    )
-    .trim_end()
-    .to_owned()
 }
 
 #[cfg(test)]
