@@ -247,10 +247,9 @@ impl Snow {
     }
 
     /// A Business Rule body for the RITM as it is now, edited to claim that its approval just
-    /// became `approved` (what a leaked secret or an edited replay could send). Its
-    /// `sys_mod_count` is far ahead of the record's, so its dedupe key (`sys_id:sys_mod_count`)
-    /// cannot collide with a real change made later in the test.
-    async fn forged_approval(&self, number: &str) -> Vec<u8> {
+    /// became `approved` (what a leaked secret or an edited replay could send), naming the change
+    /// `ahead` modifications after the record's current one.
+    async fn forged_approval_ahead(&self, number: &str, ahead: u64) -> Vec<u8> {
         let mut record = self
             .snow
             .api_record("sc_req_item", number, &RenderOptions::default())
@@ -261,7 +260,7 @@ impl Snow {
             .as_str()
             .and_then(|c| c.parse::<u64>().ok())
             .expect("sys_mod_count")
-            + 1000;
+            + ahead;
         record["approval"] = json!("approved");
         record["state"] = json!("2");
         record["sys_mod_count"] = json!(count.to_string());
@@ -278,6 +277,11 @@ impl Snow {
         })
         .to_string()
         .into_bytes()
+    }
+
+    /// [`Self::forged_approval_ahead`] far enough ahead never to name a real change of the test.
+    async fn forged_approval(&self, number: &str) -> Vec<u8> {
+        self.forged_approval_ahead(number, 1000).await
     }
 }
 
@@ -766,6 +770,42 @@ async fn rate_limited_table_api_is_waited_out_and_writebacks_arrive_once_in_orde
             );
         }
     }
+}
+
+#[tokio::test]
+async fn forged_body_naming_the_next_change_cannot_use_up_the_real_approvals_dedupe_key() {
+    let h = Snow::start().await;
+    let number = h.raise(ALICE, "WS-0049", "2h", &[BOB]).await;
+    h.wait_state(&number, GrantState::Requested).await;
+    // Signed with the shared secret, it names the very change Bob's approval will make next.
+    let forged = h.forged_approval_ahead(&number, 1).await;
+    let sent = h
+        .snow
+        .send_signed(&h.webhook_url(), Some(SNOW_SECRET), &forged)
+        .await;
+    assert_eq!(sent.responses.first().and_then(|r| r.status), Some(202));
+    let forged_event: Value = serde_json::from_slice(&forged).expect("JSON");
+
+    let approved = h.snow.approve(&number, BOB).await.expect("approve");
+    let real_item_change = approved
+        .deliveries
+        .iter()
+        .filter_map(|d| serde_json::from_slice::<Value>(&d.body).ok())
+        .any(|body| body["event_id"] == forged_event["event_id"]);
+    assert!(
+        real_item_change,
+        "the forged body named the same change as the real delivery"
+    );
+    for d in &approved.deliveries {
+        assert_eq!(
+            d.responses.last().and_then(|r| r.status),
+            Some(202),
+            "the real delivery is accepted, not taken for a duplicate: {}",
+            d.event
+        );
+    }
+    h.wait_state(&number, GrantState::Active).await;
+    assert_eq!(h.applies().await, 1);
 }
 
 #[tokio::test]

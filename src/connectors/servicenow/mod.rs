@@ -132,9 +132,8 @@ pub(crate) fn endpoint(base: &Url, segments: &[&str]) -> Result<Url, ConnectorEr
     Ok(url)
 }
 
-/// The dedupe key of a ServiceNow delivery body, `None` when it names no change: the Business
-/// Rule's `event_id`, else `sys_id:sys_mod_count` of the record (top level, `record` or
-/// `result`). Both give the same key for the same change.
+/// The change a ServiceNow delivery body names, `None` when it names none: the Business Rule's
+/// `event_id`, else `sys_id:sys_mod_count` of the record (top level, `record` or `result`).
 fn change_key(body: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(body).ok()?;
     let top = v.as_object()?;
@@ -156,6 +155,12 @@ fn change_key(body: &[u8]) -> Option<String> {
     Some(format!("servicenow:{sys_id}:{count}"))
 }
 
+/// The first 16 hex digits of the body's SHA-256: enough to tell two bodies of one change apart.
+fn short_digest(body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(body)[..8])
+}
+
 #[async_trait]
 impl Connector for ServiceNowConnector {
     fn id(&self) -> &str {
@@ -166,10 +171,16 @@ impl Connector for ServiceNowConnector {
         "servicenow"
     }
 
-    /// `servicenow:<event_id>` (the Business Rule sends `<sys_id>:<sys_mod_count>`), else
-    /// `servicenow:<sys_id>:<sys_mod_count>` of the record, else the body hash.
+    /// `servicenow:<event_id>:<body digest>` (the Business Rule sends `<sys_id>:<sys_mod_count>`
+    /// as `event_id`), else `servicenow:<sys_id>:<sys_mod_count>:<body digest>`, else the body
+    /// hash. The change names the key; the digest keeps a body that only *claims* a future change
+    /// (anyone holding the shared secret can sign one) from using up the key of the real one, while
+    /// a retried delivery (same bytes) still deduplicates.
     fn dedupe_key(&self, delivery: &RawDelivery) -> String {
-        change_key(&delivery.body).unwrap_or_else(|| body_hash_key(&delivery.body))
+        match change_key(&delivery.body) {
+            Some(change) => format!("{change}:{}", short_digest(&delivery.body)),
+            None => body_hash_key(&delivery.body),
+        }
     }
 
     fn parse(&self, delivery: &RawDelivery) -> Result<Vec<TicketEvent>, ParseError> {

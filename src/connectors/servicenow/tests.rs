@@ -872,22 +872,28 @@ async fn healthcheck_accepts_basic_and_bearer_and_never_leaks_the_secret() {
 }
 
 #[test]
-fn dedupe_keys_prefer_the_event_id_then_sys_id_and_mod_count() {
+fn dedupe_keys_name_the_change_and_the_body() {
     let c = connector(Url::parse("https://example.service-now.com").expect("url"));
     let br = json!({"event_id": format!("{RITM}:4"), "sys_id": RITM, "sys_mod_count": "4", "record": {}});
-    assert_eq!(c.dedupe_key(&delivery(&br)), format!("servicenow:{RITM}:4"));
-    let without_event_id =
-        json!({"table": "sc_req_item", "sys_id": RITM, "sys_mod_count": "4", "record": {}});
+    let key = c.dedupe_key(&delivery(&br));
+    assert!(key.starts_with(&format!("servicenow:{RITM}:4:")), "{key}");
     assert_eq!(
-        c.dedupe_key(&delivery(&without_event_id)),
+        key,
         c.dedupe_key(&delivery(&br)),
-        "the same change gives the same key"
+        "a retried delivery deduplicates"
+    );
+    let forged_claim = json!({"event_id": format!("{RITM}:4"), "sys_id": RITM, "sys_mod_count": "4",
+        "record": {"approval": "approved"}});
+    assert_ne!(
+        c.dedupe_key(&delivery(&forged_claim)),
+        key,
+        "a body claiming the same change cannot use up the real delivery's key"
     );
     let table_api =
         json!({"result": {"sys_id": {"value": RITM, "display_value": RITM}, "sys_mod_count": 9}});
-    assert_eq!(
-        c.dedupe_key(&delivery(&table_api)),
-        format!("servicenow:{RITM}:9")
+    assert!(
+        c.dedupe_key(&delivery(&table_api))
+            .starts_with(&format!("servicenow:{RITM}:9:"))
     );
     let flat = json!({"table": "sysapproval_approver", "sys_id": RITM, "state": "approved"});
     let d = delivery(&flat);
@@ -949,7 +955,10 @@ fn the_shipped_business_rule_payload_verifies_and_parses() {
         headers: vec![("X-Signature".into(), BR_SIGNATURE.into())],
         body: BR_BODY.as_bytes().to_vec(),
     };
-    assert_eq!(c.dedupe_key(&d), format!("servicenow:{RITM}:5"));
+    assert!(
+        c.dedupe_key(&d)
+            .starts_with(&format!("servicenow:{RITM}:5:"))
+    );
     let events = c.parse(&d).expect("parses");
     let e = &events[0];
     assert_eq!(e.kind, EventKind::Approved);
