@@ -23,6 +23,11 @@ use crate::providers::webhook::WebhookProvider;
 /// The prefix of environment overrides: `JITBRIDGE__SERVER__LISTEN` sets `server.listen`.
 pub const ENV_PREFIX: &str = "JITBRIDGE";
 
+/// Longest accepted `server.header_timeout`: beyond it slow clients hold connections too long.
+const MAX_HEADER_TIMEOUT: Duration = Duration::from_secs(300);
+/// Largest accepted `server.max_connections` (well under the usual file-descriptor limits).
+const MAX_CONNECTIONS_CAP: usize = 65_536;
+
 /// Loads and validates the configuration rooted at `file`.
 ///
 /// `env` is the set of variables that may override keys (the process environment in
@@ -216,6 +221,25 @@ pub fn validate(
             "must be at least 1",
         ));
     }
+    let header_timeout = dur(
+        "server.header_timeout",
+        &raw.server.header_timeout,
+        &mut problems,
+    );
+    if header_timeout > MAX_HEADER_TIMEOUT {
+        problems.push(Problem::new(
+            file,
+            "server.header_timeout",
+            "must be at most 5m: slow clients would hold connections that long",
+        ));
+    }
+    if !(1..=MAX_CONNECTIONS_CAP).contains(&raw.server.max_connections) {
+        problems.push(Problem::new(
+            file,
+            "server.max_connections",
+            format!("must be between 1 and {MAX_CONNECTIONS_CAP}"),
+        ));
+    }
     let server = ServerSettings {
         listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
         max_body_bytes: raw.server.max_body_bytes.max(1),
@@ -224,6 +248,8 @@ pub fn validate(
             &raw.server.request_timeout,
             &mut problems,
         ),
+        header_timeout: header_timeout.min(MAX_HEADER_TIMEOUT),
+        max_connections: raw.server.max_connections.clamp(1, MAX_CONNECTIONS_CAP),
     };
 
     let admin_listen = raw
