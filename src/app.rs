@@ -261,7 +261,9 @@ fn serve(
     name: &'static str,
     shutdown: CancellationToken,
 ) {
-    tasks.spawn(crate::server::serve(listener, router, limits, name, shutdown));
+    tasks.spawn(crate::server::serve(
+        listener, router, limits, name, shutdown,
+    ));
 }
 
 /// Checks each connector at start and every minute; failures are reported, never fatal, so the
