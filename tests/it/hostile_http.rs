@@ -233,6 +233,28 @@ async fn sender_streaming_a_huge_chunked_body_reads_413_and_is_cut_off() {
 }
 
 #[tokio::test]
+async fn sender_that_reads_only_after_sending_its_whole_over_limit_body_still_gets_413() {
+    let h = daemon(&[]).await;
+    let mut stream = connect(&h).await;
+    // Head and 512 KiB of chunked body in one go, the way a simple client writes a request,
+    // before it looks for an answer. The server answers after 64 KiB with request bytes still
+    // unread, where an abrupt close may reset the connection and lose the answer (RFC 9112
+    // §9.6); the answer must still reach the client.
+    let mut request = post_head(&["Transfer-Encoding: chunked".to_owned()]).into_bytes();
+    for _ in 0..32 {
+        request.extend_from_slice(format!("{:x}\r\n", 16 * 1024).as_bytes());
+        request.extend(std::iter::repeat_n(b' ', 16 * 1024));
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    // Whether this write completes or is cut does not matter; the answer does.
+    let _ = tokio::time::timeout(WAIT, stream.write_all(&request)).await;
+    let answer = read_answer(&mut stream).await;
+    assert_too_large(&answer);
+    nothing_stored(&h).await;
+}
+
+#[tokio::test]
 async fn slow_body_gets_json_408_from_the_request_timeout() {
     let h = daemon(&[("JITBRIDGE__SERVER__REQUEST_TIMEOUT", "1s")]).await;
     let (body, sig) = signed_approval("ACCESS-950");
