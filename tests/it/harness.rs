@@ -228,6 +228,16 @@ impl Daemon {
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
 
+    /// How many calls of one kind the elevation receiver got.
+    pub async fn provider_calls(&self, kind: jitbridge_sim::receiver::CallKind) -> usize {
+        self.receiver
+            .calls()
+            .await
+            .into_iter()
+            .filter(|c| c.kind == Some(kind))
+            .count()
+    }
+
     /// Audit records of one kind.
     pub async fn audit(&self, kind: &str) -> Vec<jitbridge::audit::AuditRecord> {
         self.store()

@@ -14,22 +14,26 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 
 use crate::harness::{Harness, Options, Tuning};
 
-/// Rows in the inbox table, read through a connection of its own (WAL readers never wait).
-async fn delivery_rows(db: &Path) -> i64 {
-    let mut conn = SqliteConnection::connect_with(&SqliteConnectOptions::new().filename(db))
+/// A connection of the test's own to the daemon's database file.
+async fn open(db: &Path) -> SqliteConnection {
+    SqliteConnection::connect_with(&SqliteConnectOptions::new().filename(db))
         .await
-        .expect("reader connects");
-    sqlx::query_scalar("SELECT count(*) FROM deliveries")
-        .fetch_one(&mut conn)
+        .expect("connects to the database")
+}
+
+/// Inbox rows holding exactly this body, read through a connection of its own (WAL readers
+/// never wait for the writer).
+async fn rows_with_body(db: &Path, body: &[u8]) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE body = $1")
+        .bind(body)
+        .fetch_one(&mut open(db).await)
         .await
         .expect("count deliveries")
 }
 
 /// A connection holding SQLite's write lock until [`release`]d.
 async fn hold_write_lock(db: &Path) -> SqliteConnection {
-    let mut conn = SqliteConnection::connect_with(&SqliteConnectOptions::new().filename(db))
-        .await
-        .expect("blocker connects");
+    let mut conn = open(db).await;
     sqlx::query("BEGIN IMMEDIATE")
         .execute(&mut conn)
         .await
@@ -59,7 +63,6 @@ async fn approval_refused_with_503_while_the_store_cannot_commit_is_applied_once
     let key = h.raise(ALICE, "WS-0070", "2h", &[BOB]).await;
     h.wait_state(&key, GrantState::Requested).await;
     let db = h.dir.path().join("data/jitbridge.db");
-    let rows_before = delivery_rows(&db).await;
 
     let blocker = hold_write_lock(&db).await;
     let approval = h.jira.approve(&key, BOB).await.expect("approve");
@@ -79,8 +82,8 @@ async fn approval_refused_with_503_while_the_store_cannot_commit_is_applied_once
 
     // Nothing of the refused delivery was written, and nothing happened because of it.
     assert_eq!(
-        delivery_rows(&db).await,
-        rows_before,
+        rows_with_body(&db, &delivery.body).await,
+        0,
         "a refused delivery left a row"
     );
     h.settle().await;
@@ -94,17 +97,10 @@ async fn approval_refused_with_503_while_the_store_cannot_commit_is_applied_once
     let retry = h.jira.resend(&delivery).await;
     assert_eq!(retry.status, Some(202), "{retry:?}");
     h.wait_state(&key, GrantState::Active).await;
-    assert_eq!(delivery_rows(&db).await, rows_before + 1);
     let again = h.jira.resend(&delivery).await;
     assert_eq!(again.status, Some(200), "a further retry is a duplicate");
+    assert_eq!(rows_with_body(&db, &delivery.body).await, 1);
     h.settle().await;
-    let applies = h
-        .receiver
-        .calls()
-        .await
-        .into_iter()
-        .filter(|c| c.kind == Some(CallKind::Apply))
-        .count();
-    assert_eq!(applies, 1);
+    assert_eq!(h.provider_calls(CallKind::Apply).await, 1);
     assert_eq!(h.grants(&key).await.len(), 1);
 }
