@@ -10,9 +10,10 @@
 //! - the gauge `jitbridge_http_connections{listener}` of open connections;
 //! - graceful shutdown: on cancellation the listener closes, idle connections close, in-flight
 //!   requests finish (each is bounded by the header and request timeouts);
-//! - a lingering close: a connection ending with request bytes still unread (a refused
-//!   over-limit body) is half-closed and drained briefly before it is dropped, so the client
-//!   reads the `413` instead of losing it to the reset an abrupt close would send.
+//! - a lingering close (RFC 9112 §9.6): a connection that ends after an answer is half-closed
+//!   and drained briefly (at most 2 s and 4 MiB) before it is dropped, so a client still sending
+//!   (a refused over-limit body) reads the `413` instead of losing it to the reset that closing
+//!   with unread bytes sends. Connections cut by a timeout are dropped at once.
 //!
 //! Slow bodies are cut by the request timeout ([`crate::http::request_timeout`]), over-limit
 //! bodies by the route's body limit.
@@ -132,7 +133,8 @@ pub async fn serve(
         .header_read_timeout(limits.header_timeout);
     let builder = Arc::new(builder);
     let gauge = metrics::gauge!("jitbridge_http_connections", "listener" => name);
-    gauge.set(0.0);
+    // Registers the series (0 until a connection) without resetting it on a restart in-process.
+    gauge.increment(0.0);
 
     loop {
         // At the cap, stop accepting: new connections queue in the backlog, none is dropped.
