@@ -6,11 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tower_http::timeout::TimeoutLayer;
 
 use crate::admin::{self, AdminState, ConnectorHealth};
 use crate::clock::SharedClock;
@@ -22,6 +20,7 @@ use crate::ingress::{self, IngressState};
 use crate::outbox::provider_worker::ProviderWorker;
 use crate::outbox::writeback_worker::WritebackWorker;
 use crate::scheduler::Scheduler;
+use crate::server::ConnectionLimits;
 use crate::store::{Store, StoreError};
 
 /// Why the daemon could not start or run.
@@ -143,8 +142,15 @@ pub async fn start_with_store(
         connectors: connectors.clone(),
         inbox_wake: inbox_wake.clone(),
     };
-    let timeout =
-        TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.server.request_timeout);
+    let timeout = axum::middleware::from_fn_with_state(
+        config.server.request_timeout,
+        crate::http::request_timeout,
+    );
+    let limits = ConnectionLimits {
+        header_timeout: config.server.header_timeout,
+        max_connections: config.server.max_connections,
+        drain_timeout: config.server.header_timeout + config.server.request_timeout,
+    };
     let webhooks = ingress::router(ingress_state, config.server.max_body_bytes);
     let admin_routes = admin::ops_router(admin_state.clone()).merge(admin::api_router(admin_state));
 
@@ -165,13 +171,19 @@ pub async fn start_with_store(
             serve(
                 &mut tasks,
                 listener,
-                admin_routes.fallback(crate::http::not_found).layer(timeout),
+                admin_routes
+                    .fallback(crate::http::not_found)
+                    .layer(timeout.clone()),
+                limits,
+                "admin",
                 shutdown.clone(),
             );
             serve(
                 &mut tasks,
                 webhook_listener,
                 webhooks.fallback(crate::http::not_found).layer(timeout),
+                limits,
+                "webhook",
                 shutdown.clone(),
             );
             admin_addr
@@ -184,6 +196,8 @@ pub async fn start_with_store(
                     .merge(admin_routes)
                     .fallback(crate::http::not_found)
                     .layer(timeout),
+                limits,
+                "webhook",
                 shutdown.clone(),
             );
             webhook_addr
@@ -243,16 +257,13 @@ fn serve(
     tasks: &mut JoinSet<()>,
     listener: TcpListener,
     router: axum::Router,
+    limits: ConnectionLimits,
+    name: &'static str,
     shutdown: CancellationToken,
 ) {
-    tasks.spawn(async move {
-        let result = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "HTTP listener failed");
-        }
-    });
+    tasks.spawn(crate::server::serve(
+        listener, router, limits, name, shutdown,
+    ));
 }
 
 /// Checks each connector at start and every minute; failures are reported, never fatal, so the

@@ -41,3 +41,22 @@ impl IntoResponse for ApiError {
 pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
+
+/// Bounds a whole request (reading the body included) by `limit`, answering the JSON `408` so a
+/// sender trickling its body cannot hold a connection; the unread rest of the body makes the
+/// server close the connection after the answer.
+pub async fn request_timeout(
+    axum::extract::State(limit): axum::extract::State<std::time::Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request was not received and answered within server.request_timeout",
+        )
+        .into_response(),
+    }
+}

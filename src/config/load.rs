@@ -23,6 +23,11 @@ use crate::providers::webhook::WebhookProvider;
 /// The prefix of environment overrides: `JITBRIDGE__SERVER__LISTEN` sets `server.listen`.
 pub const ENV_PREFIX: &str = "JITBRIDGE";
 
+/// Longest accepted `server.header_timeout`: beyond it slow clients hold connections too long.
+const MAX_HEADER_TIMEOUT: Duration = Duration::from_secs(300);
+/// Largest accepted `server.max_connections` (well under the usual file-descriptor limits).
+const MAX_CONNECTIONS_CAP: usize = 65_536;
+
 /// Loads and validates the configuration rooted at `file`.
 ///
 /// `env` is the set of variables that may override keys (the process environment in
@@ -216,6 +221,25 @@ pub fn validate(
             "must be at least 1",
         ));
     }
+    let header_timeout = dur(
+        "server.header_timeout",
+        &raw.server.header_timeout,
+        &mut problems,
+    );
+    if header_timeout > MAX_HEADER_TIMEOUT {
+        problems.push(Problem::new(
+            file,
+            "server.header_timeout",
+            "must be at most 5m: slow clients would hold connections that long",
+        ));
+    }
+    if !(1..=MAX_CONNECTIONS_CAP).contains(&raw.server.max_connections) {
+        problems.push(Problem::new(
+            file,
+            "server.max_connections",
+            format!("must be between 1 and {MAX_CONNECTIONS_CAP}"),
+        ));
+    }
     let server = ServerSettings {
         listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
         max_body_bytes: raw.server.max_body_bytes.max(1),
@@ -224,6 +248,8 @@ pub fn validate(
             &raw.server.request_timeout,
             &mut problems,
         ),
+        header_timeout: header_timeout.min(MAX_HEADER_TIMEOUT),
+        max_connections: raw.server.max_connections.clamp(1, MAX_CONNECTIONS_CAP),
     };
 
     let admin_listen = raw
@@ -433,4 +459,62 @@ fn validate_connector(
         timeout,
         options,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::secrets::MapSecrets;
+
+    /// The problems `validate` finds in `[server]` for this file text.
+    fn server_problems(text: &str) -> Vec<Problem> {
+        let file = Path::new("jitbridge.toml");
+        let raw = parse_main(file, text, &HashMap::new()).expect("parses");
+        match validate(file, Path::new("."), &raw, &[], &[], &MapSecrets::default()) {
+            Ok(_) => Vec::new(),
+            Err(Problems(all)) => all
+                .into_iter()
+                .filter(|p| p.key.starts_with("server."))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn built_in_server_defaults_are_valid() {
+        let file = Path::new("jitbridge.toml");
+        let raw = parse_main(file, "", &HashMap::new()).unwrap();
+        let secrets = MapSecrets::default();
+        let config = validate(file, Path::new("."), &raw, &[], &[], &secrets).expect("valid");
+        assert_eq!(config.server.header_timeout, Duration::from_secs(10));
+        assert_eq!(config.server.request_timeout, Duration::from_secs(10));
+        assert_eq!(config.server.max_connections, 1024);
+    }
+
+    #[test]
+    fn out_of_bounds_connection_limits_are_refused_with_their_keys() {
+        let problems = server_problems(
+            "[server]\nheader_timeout = \"10m\"\nmax_connections = 0\nrequest_timeout = \"0s\"\n",
+        );
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"server.header_timeout"), "{keys:?}");
+        assert!(keys.contains(&"server.max_connections"), "{keys:?}");
+        assert!(keys.contains(&"server.request_timeout"), "{keys:?}");
+        let too_many = server_problems("[server]\nmax_connections = 1000000\n");
+        assert_eq!(too_many.len(), 1, "{too_many:?}");
+        assert!(too_many[0].why.contains("65536"), "{too_many:?}");
+    }
+
+    #[test]
+    fn a_misspelt_server_key_is_an_error_not_a_default() {
+        let err = parse_main(
+            Path::new("jitbridge.toml"),
+            "[server]\nmax_conections = 10\n",
+            &HashMap::new(),
+        )
+        .expect_err("unknown key refused");
+        assert!(
+            err.0.iter().any(|p| p.why.contains("max_conections")),
+            "{err:?}"
+        );
+    }
 }

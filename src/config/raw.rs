@@ -36,6 +36,10 @@ pub struct RawServer {
     pub max_body_bytes: usize,
     /// Whole-request timeout, so slow senders cannot hold connections.
     pub request_timeout: String,
+    /// Longest wait for a request's headers (and longest keep-alive idle time).
+    pub header_timeout: String,
+    /// Most connections open at once per listener; more wait in the backlog.
+    pub max_connections: usize,
 }
 
 impl Default for RawServer {
@@ -44,6 +48,8 @@ impl Default for RawServer {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 1_048_576,
             request_timeout: "10s".into(),
+            header_timeout: "10s".into(),
+            max_connections: 1024,
         }
     }
 }

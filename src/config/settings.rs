@@ -54,6 +54,10 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    /// Slow headers and idle keep-alive connections are closed after this.
+    pub header_timeout: Duration,
+    /// Connection cap of each listener.
+    pub max_connections: usize,
 }
 
 /// The admin API.

@@ -1,7 +1,9 @@
 //! Ingress: `POST /webhooks/{connector_id}`. Authenticates the raw delivery with the connector's
 //! inbound auth ([`auth`]), enforces the body limit, and commits it to the inbox before answering
-//! `202`. A repeated delivery (same dedupe key) answers `200 {"status":"duplicate"}` and changes
-//! nothing. Nothing is stored before authentication succeeds.
+//! `202`. A body declared (`Content-Length`) over the limit is refused with `413` before any of
+//! it is read; an undeclared (chunked) one as soon as the limit is passed. A repeated delivery
+//! (same dedupe key) answers `200 {"status":"duplicate"}` and changes nothing. Nothing is stored
+//! before authentication succeeds; a delivery the store cannot commit gets `503`.
 
 pub mod auth;
 
@@ -10,8 +12,10 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::header::CONTENT_LENGTH;
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::json;
@@ -39,7 +43,42 @@ pub fn router(state: IngressState, max_body_bytes: usize) -> axum::Router {
     axum::Router::new()
         .route("/webhooks/{connector_id}", post(receive))
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .route_layer(middleware::from_fn_with_state(
+            max_body_bytes,
+            refuse_declared_oversize,
+        ))
         .with_state(state)
+}
+
+/// The `413` answer of an over-limit body.
+fn too_large(connector_id: &str) -> Response {
+    count(connector_id, "too_large");
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "the body exceeds server.max_body_bytes",
+    )
+    .into_response()
+}
+
+/// Refuses a body whose `Content-Length` is over the limit before reading any of it: the body
+/// limit alone only notices once that many bytes have arrived, so a sender declaring a huge
+/// body and trickling it would hold the connection until the request timeout.
+async fn refuse_declared_oversize(
+    State(max_body_bytes): State<usize>,
+    Path(connector_id): Path<String>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > max_body_bytes as u64 => too_large(&connector_id),
+        _ => next.run(request).await,
+    }
 }
 
 fn count(connector: &str, outcome: &'static str) {
@@ -64,13 +103,7 @@ async fn receive(
     let body = match body {
         Ok(b) => b,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            count(&connector_id, "too_large");
-            return ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "the body exceeds server.max_body_bytes",
-            )
-            .into_response();
+            return too_large(&connector_id);
         }
         Err(rejection) => {
             count(&connector_id, "bad_request");

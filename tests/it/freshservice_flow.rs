@@ -202,16 +202,6 @@ impl Fs {
         assert!(ok.is_some(), "#{id}: status never became {code} (is {now})");
     }
 
-    /// Provider calls of one kind.
-    async fn provider_calls(&self, kind: CallKind) -> usize {
-        self.receiver
-            .calls()
-            .await
-            .into_iter()
-            .filter(|c| c.kind == Some(kind))
-            .count()
-    }
-
     /// Every API call the daemon made was authenticated (the API key was accepted).
     async fn assert_api_calls_authenticated(&self) {
         let refused: Vec<_> = self

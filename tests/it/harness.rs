@@ -75,6 +75,15 @@ cancelled = { comment = "Request cancelled before approval." }
 revoke_failed = { comment = "ALERT: revoking local admin on {{ grant.target }} keeps failing; retrying." }
 "#;
 
+/// What a test varies beyond the generated files.
+#[derive(Clone, Default)]
+pub struct Tuning {
+    /// `JITBRIDGE__SECTION__KEY` overrides of `jitbridge.toml` (e.g. `[server]` limits).
+    pub env: Vec<(&'static str, String)>,
+    /// SQLite's busy timeout, when the store's default is too long for the test.
+    pub busy_timeout: Option<Duration>,
+}
+
 /// The real daemon with an elevation receiver, configured from connector and mapping texts.
 pub struct Daemon {
     pub dir: tempfile::TempDir,
@@ -83,6 +92,7 @@ pub struct Daemon {
     pub http: reqwest::Client,
     pub config_path: PathBuf,
     secrets: MapSecrets,
+    tuning: Tuning,
 }
 
 impl Daemon {
@@ -92,6 +102,16 @@ impl Daemon {
         connectors: &[(&str, String)],
         opts: &Options,
         secrets: &[(&str, &str)],
+    ) -> Self {
+        Self::start_tuned(connectors, opts, secrets, Tuning::default()).await
+    }
+
+    /// Like [`Daemon::start`], with [`Tuning`].
+    pub async fn start_tuned(
+        connectors: &[(&str, String)],
+        opts: &Options,
+        secrets: &[(&str, &str)],
+        tuning: Tuning,
     ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let receiver = ElevationReceiver::start(ELEVATION_SECRET)
@@ -114,6 +134,7 @@ impl Daemon {
             http: reqwest::Client::new(),
             config_path,
             secrets: MapSecrets::from_pairs(all),
+            tuning,
         };
         d.start_daemon().await;
         d
@@ -121,11 +142,30 @@ impl Daemon {
 
     /// Starts (or restarts) the daemon on the same store.
     pub async fn start_daemon(&mut self) {
-        let config = jitbridge::config::load(&self.config_path, &HashMap::new(), &self.secrets)
+        let env: HashMap<String, String> = (self.tuning.env.iter())
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        let config = jitbridge::config::load(&self.config_path, &env, &self.secrets)
             .expect("valid test config");
-        let running = jitbridge::app::start(config, Arc::new(jitbridge::clock::SystemClock))
-            .await
-            .expect("daemon starts");
+        let clock: jitbridge::clock::SharedClock = Arc::new(jitbridge::clock::SystemClock);
+        let running = match (self.tuning.busy_timeout, &config.store) {
+            (Some(busy_timeout), jitbridge::config::StoreLocation::Sqlite(path)) => {
+                let tuning = jitbridge::store::sqlite::SqliteTuning {
+                    busy_timeout,
+                    ..Default::default()
+                };
+                let store = jitbridge::store::sqlite::SqliteStore::open_with_tuning(
+                    path,
+                    clock.clone(),
+                    tuning,
+                )
+                .await
+                .expect("store opens");
+                jitbridge::app::start_with_store(config, Arc::new(store), clock).await
+            }
+            _ => jitbridge::app::start(config, clock).await,
+        }
+        .expect("daemon starts");
         self.daemon = Some(running);
     }
 
@@ -186,6 +226,16 @@ impl Daemon {
     /// Lets in-flight work settle (for asserting that something did NOT happen).
     pub async fn settle(&self) {
         tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+
+    /// How many calls of one kind the elevation receiver got.
+    pub async fn provider_calls(&self, kind: jitbridge_sim::receiver::CallKind) -> usize {
+        self.receiver
+            .calls()
+            .await
+            .into_iter()
+            .filter(|c| c.kind == Some(kind))
+            .count()
     }
 
     /// Audit records of one kind.
@@ -300,16 +350,22 @@ impl Harness {
 
     /// Simulators plus a running daemon.
     pub async fn start_with(opts: Options) -> Self {
+        Self::start_tuned(opts, Tuning::default()).await
+    }
+
+    /// Simulators plus a running daemon with [`Tuning`].
+    pub async fn start_tuned(opts: Options, tuning: Tuning) -> Self {
         let jira = JiraSim::start(JiraSimConfig::default())
             .await
             .expect("jira sim");
-        let d = Daemon::start(
+        let d = Daemon::start_tuned(
             &[("jira.toml", jira_connector(jira.base_url()))],
             &opts,
             &[
                 ("JIRA_WEBHOOK_SECRET", WEBHOOK_SECRET),
                 ("JIRA_API_TOKEN", users::API_TOKEN),
             ],
+            tuning,
         )
         .await;
         let h = Self { d, jira };

@@ -5,7 +5,7 @@ use jitbridge_sim::jira::users::{ALICE, BOB};
 
 use crate::harness::{Harness, WEBHOOK_SECRET};
 
-fn approval_body(key: &str) -> Vec<u8> {
+pub(crate) fn approval_body(key: &str) -> Vec<u8> {
     serde_json::json!({
         "timestamp": 1741941697640u64,
         "webhookEvent": "jira:issue_updated",
@@ -28,7 +28,7 @@ async fn post(h: &Harness, headers: &[(&str, String)], body: Vec<u8>) -> (u16, s
     (status, resp.json().await.unwrap_or(serde_json::Value::Null))
 }
 
-async fn nothing_stored(h: &Harness) {
+pub(crate) async fn nothing_stored(h: &Harness) {
     h.settle().await;
     assert!(
         h.store()

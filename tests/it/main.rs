@@ -6,10 +6,12 @@ mod harness;
 
 mod cli;
 mod freshservice_flow;
+mod hostile_http;
 mod ingress;
 mod jira_flow;
 mod policy_flow;
 mod resilience;
 mod secrets;
 mod servicenow_flow;
+mod store_faults;
 mod zendesk_flow;
