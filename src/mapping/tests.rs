@@ -658,7 +658,7 @@ fn unknown_writeback_state_is_a_problem_listing_the_valid_ones() {
     );
     assert!(
         p.why.ends_with(
-            "unknown grant state \"deneid\"; use one of requested, approved, active, expired, revoked, denied, failed, cancelled, revoke_failed"
+            "unknown grant state \"deneid\"; use one of requested, approved, active, expired, revoked, denied, failed, cancelled, revoke_failed, auto_approved, renewed"
         ),
         "{p}"
     );
