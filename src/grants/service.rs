@@ -234,9 +234,11 @@ impl GrantService {
                 None if event.kind == EventKind::Created || latest.is_none() => {
                     self.request_then_auto(event, mapping).await
                 }
+                // An auto-approved grant has no approval to withdraw (the ITSM's may be pending).
                 Some(g)
                     if mapping.revokes_on_withdrawn_approval()
                         && matches!(g.state, GrantState::Approved | GrantState::Active)
+                        && g.context.get(AUTO_APPROVED).is_none()
                         && (event.status_change.is_some() || event.approval.is_some()) =>
                 {
                     self.check_withdrawn(event, mapping, g).await
@@ -566,6 +568,9 @@ impl GrantService {
             apply_spec(&mut grant, &spec);
             grant.requester = requester.clone();
             grant.approvers = approvers.clone();
+        }
+        if let (Some(_), Some(ctx)) = (auto_grant, grant.context.as_object_mut()) {
+            ctx.insert(AUTO_APPROVED.into(), json!(true));
         }
 
         let counts = if mapping.policy().needs_live_counts() {
@@ -1393,6 +1398,9 @@ impl TransitionInput {
         }
     }
 }
+
+/// Key in a grant's stored context marking a grant the mapping auto-approved.
+const AUTO_APPROVED: &str = "_auto_approved";
 
 /// Key in a grant's stored context holding the digest of the last ticket event applied.
 const LAST_EVENT_DIGEST: &str = "_last_event_digest";

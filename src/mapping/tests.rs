@@ -1012,13 +1012,41 @@ fn a_reopen_never_approves_even_into_an_approve_status() {
     };
     // (event, expected trigger, why)
     let cases = [
-        (moved(EventKind::Updated, Some("Done"), "Reopened"), None, "out of a revoke status"),
-        (moved(EventKind::Updated, Some("declined"), "Approved"), None, "out of a deny status"),
-        (moved(EventKind::Reopened, None, "Approved"), None, "a reopened event"),
-        (moved(EventKind::Reopened, Some("Waiting"), "Reopened"), None, "reopened kind wins"),
-        (moved(EventKind::Updated, Some("Waiting"), "Reopened"), Some(Trigger::Approve), "a listed status reached from an open one"),
-        (moved(EventKind::Updated, Some("Waiting for approval"), "Approved"), Some(Trigger::Approve), "an ordinary approval"),
-        (moved(EventKind::Updated, Some("In Progress"), "Done"), Some(Trigger::Revoke), "ending still ends"),
+        (
+            moved(EventKind::Updated, Some("Done"), "Reopened"),
+            None,
+            "out of a revoke status",
+        ),
+        (
+            moved(EventKind::Updated, Some("declined"), "Approved"),
+            None,
+            "out of a deny status",
+        ),
+        (
+            moved(EventKind::Reopened, None, "Approved"),
+            None,
+            "a reopened event",
+        ),
+        (
+            moved(EventKind::Reopened, Some("Waiting"), "Reopened"),
+            None,
+            "reopened kind wins",
+        ),
+        (
+            moved(EventKind::Updated, Some("Waiting"), "Reopened"),
+            Some(Trigger::Approve),
+            "a listed status reached from an open one",
+        ),
+        (
+            moved(EventKind::Updated, Some("Waiting for approval"), "Approved"),
+            Some(Trigger::Approve),
+            "an ordinary approval",
+        ),
+        (
+            moved(EventKind::Updated, Some("In Progress"), "Done"),
+            Some(Trigger::Revoke),
+            "ending still ends",
+        ),
     ];
     for (event, want, why) in cases {
         assert_eq!(m.trigger(&event), want, "{why}");
@@ -1053,10 +1081,26 @@ fn auto_approve_and_lifetime_keys_load_with_defaults() {
 #[test]
 fn bad_auto_approve_tables_are_problems_at_their_key() {
     let cases = [
-        ("condition = '('\nscopes = [\"app:*\"]", "mapping[0].auto_approve.condition", "does not compile"),
-        ("condition = 'true'", "mapping[0].auto_approve.scopes", "list the scopes"),
-        ("condition = 'true'\nscopes = [\"app:*\"]\nmax_duration = \"8h\"", "mapping[0].auto_approve.max_duration", "longer than grant.max_duration"),
-        ("condition = 'true'\nscopes = [\"app:*\"]\nwhatever = 1", "mapping[0].auto_approve.whatever", "unknown field"),
+        (
+            "condition = '('\nscopes = [\"app:*\"]",
+            "mapping[0].auto_approve.condition",
+            "does not compile",
+        ),
+        (
+            "condition = 'true'",
+            "mapping[0].auto_approve.scopes",
+            "list the scopes",
+        ),
+        (
+            "condition = 'true'\nscopes = [\"app:*\"]\nmax_duration = \"8h\"",
+            "mapping[0].auto_approve.max_duration",
+            "longer than grant.max_duration",
+        ),
+        (
+            "condition = 'true'\nscopes = [\"app:*\"]\nwhatever = 1",
+            "mapping[0].auto_approve.whatever",
+            "unknown field",
+        ),
     ];
     for (table, key, needle) in cases {
         let text = one_mapping(
@@ -1079,14 +1123,24 @@ fn notes_have_default_comments_that_a_mapping_may_override_or_turn_off() {
     let spec = m.render_grant(&event).unwrap();
     let grant = grant_for(&event, &spec, GrantState::Approved);
     let mut ctx = writeback_context(&grant, None);
-    ctx["auto_approve"] = json!({"mapping": "helpdesk-local-admin", "condition": "true", "max_duration": "1h"});
+    ctx["auto_approve"] =
+        json!({"mapping": "helpdesk-local-admin", "condition": "true", "max_duration": "1h"});
     ctx["renewal"] = json!({"approver": "bob@example.com", "capped": true, "max_duration": "4h"});
     let auto = m.render_note(Note::AutoApproved, &ctx).unwrap().unwrap();
-    assert!(auto.starts_with("Auto-approved by jitbridge: mapping helpdesk-local-admin"), "{auto}");
+    assert!(
+        auto.starts_with("Auto-approved by jitbridge: mapping helpdesk-local-admin"),
+        "{auto}"
+    );
     assert!(auto.contains("no person approved it"), "{auto}");
     let renewed = m.render_note(Note::Renewed, &ctx).unwrap().unwrap();
-    assert!(renewed.starts_with("Elevation renewed by bob@example.com"), "{renewed}");
-    assert!(renewed.contains("(capped: at most 4h from the first approval)"), "{renewed}");
+    assert!(
+        renewed.starts_with("Elevation renewed by bob@example.com"),
+        "{renewed}"
+    );
+    assert!(
+        renewed.contains("(capped: at most 4h from the first approval)"),
+        "{renewed}"
+    );
 
     let text = format!(
         "{DESIGN_EXAMPLE}auto_approved = {{ comment = \"\" }}\nrenewed = {{ comment = \"More time: {{{{ grant.expires_at }}}}\" }}\n"
@@ -1101,5 +1155,9 @@ fn notes_have_default_comments_that_a_mapping_may_override_or_turn_off() {
 
     let text = format!("{DESIGN_EXAMPLE}renewed = {{ status = \"Done\" }}\n");
     let p = problems(&text);
-    assert!(p.iter().any(|p| p.key == "mapping[0].writeback.renewed.status"), "{p:#?}");
+    assert!(
+        p.iter()
+            .any(|p| p.key == "mapping[0].writeback.renewed.status"),
+        "{p:#?}"
+    );
 }

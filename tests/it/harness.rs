@@ -300,9 +300,12 @@ impl Harness {
 
     /// Simulators plus a running daemon.
     pub async fn start_with(opts: Options) -> Self {
-        let jira = JiraSim::start(JiraSimConfig::default())
-            .await
-            .expect("jira sim");
+        Self::start_with_sim(opts, JiraSimConfig::default()).await
+    }
+
+    /// A running daemon with the Jira simulator configured by `sim` (e.g. another workflow).
+    pub async fn start_with_sim(opts: Options, sim: JiraSimConfig) -> Self {
+        let jira = JiraSim::start(sim).await.expect("jira sim");
         let d = Daemon::start(
             &[("jira.toml", jira_connector(jira.base_url()))],
             &opts,

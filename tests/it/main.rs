@@ -8,6 +8,7 @@ mod cli;
 mod freshservice_flow;
 mod ingress;
 mod jira_flow;
+mod lifetime_flow;
 mod policy_flow;
 mod resilience;
 mod secrets;

@@ -938,6 +938,51 @@ impl Core {
         Ok((approval_id, event))
     }
 
+    /// Adds a new pending approval to the issue (as JSM does when an issue enters an approval
+    /// step again) and runs `transition` as `actor`.
+    pub(crate) async fn request_approval(
+        &self,
+        key: &str,
+        spec: ApprovalSpec,
+        transition: &str,
+        actor: &str,
+    ) -> Result<Option<PendingEvent>, SimError> {
+        let mut state = self.state.lock().await;
+        let idx = state.issue_index(key)?;
+        state.user(actor)?;
+        for a in &spec.approvers {
+            state.user(a)?;
+        }
+        if spec.approvers.is_empty() || spec.required == 0 {
+            return Err(SimError::InvalidInput(
+                "an approval needs approvers and required >= 1".into(),
+            ));
+        }
+        let now = Timestamp::now();
+        let id = state.fresh_id();
+        let issue = state
+            .issues
+            .get_mut(idx)
+            .ok_or_else(|| SimError::UnknownIssue(key.to_owned()))?;
+        issue.approvals.push(Approval {
+            id,
+            name: spec.name,
+            final_decision: Decision::Pending,
+            approvers: spec
+                .approvers
+                .into_iter()
+                .map(|a| (a, Decision::Pending))
+                .collect(),
+            required: spec.required,
+            approve_transition: spec.approve_transition,
+            decline_transition: spec.decline_transition,
+            created: now,
+            completed: None,
+        });
+        issue.updated = now;
+        self.transition_locked(&mut state, idx, transition, actor)
+    }
+
     /// Delivers `event` to every target and records the deliveries.
     pub(crate) async fn emit(&self, event: Option<PendingEvent>) -> Vec<Delivery> {
         let Some(event) = event else {
@@ -1220,6 +1265,22 @@ impl JiraSim {
     /// Declines `actor`'s pending JSM approval (runs the decline transition).
     pub async fn decline(&self, key: &str, actor: &str) -> Result<ActionOutcome, SimError> {
         let (_, event) = self.core.answer_approval(key, None, actor, false).await?;
+        Ok(self.outcome(key, None, event).await)
+    }
+
+    /// Asks for approval again: a new pending JSM approval from `spec`, then `transition` (by id
+    /// or name) as `actor`, emitting `jira:issue_updated` with the status change.
+    pub async fn request_approval(
+        &self,
+        key: &str,
+        spec: ApprovalSpec,
+        transition: &str,
+        actor: &str,
+    ) -> Result<ActionOutcome, SimError> {
+        let event = self
+            .core
+            .request_approval(key, spec, transition, actor)
+            .await?;
         Ok(self.outcome(key, None, event).await)
     }
 
