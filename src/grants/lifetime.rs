@@ -69,6 +69,19 @@ pub fn withdrawn(confirmed: Option<&Approval>) -> Option<String> {
     })
 }
 
+/// Why a live grant for `subject` must end because the ticket now renders `rendered` as the
+/// subject (it was reassigned), if it must. Subjects compare without regard to ASCII case and
+/// surrounding space, as directory accounts and e-mail addresses do.
+pub fn reassigned(subject: &str, rendered: &str) -> Option<String> {
+    (!subject.trim().eq_ignore_ascii_case(rendered.trim())).then(|| {
+        format!(
+            "the ticket was reassigned: the elevation is now for {}, not {}",
+            rendered.trim(),
+            subject.trim()
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +200,26 @@ mod tests {
         ] {
             let why = withdrawn(Some(&a(state))).expect(state);
             assert!(why.contains("withdrawn"), "{why}");
+        }
+    }
+
+    #[test]
+    fn reassignment_table() {
+        let cases = [
+            ("alice@example.com", "alice@example.com", false),
+            ("alice@example.com", " ALICE@example.com ", false),
+            ("alice@example.com", "bob@example.com", true),
+            ("CORP\\alice", "CORP\\alicia", true),
+        ];
+        for (subject, rendered, revokes) in cases {
+            let why = reassigned(subject, rendered);
+            assert_eq!(why.is_some(), revokes, "{subject} -> {rendered}");
+            if let Some(why) = why {
+                assert!(
+                    why.contains("now for bob@example.com") || why.contains("alicia"),
+                    "{why}"
+                );
+            }
         }
     }
 

@@ -234,6 +234,16 @@ impl GrantService {
                 None if event.kind == EventKind::Created || latest.is_none() => {
                     self.request_then_auto(event, mapping).await
                 }
+                Some(g)
+                    if mapping.revokes_on_reassign()
+                        && g.state.may_hold_privilege()
+                        && reassignment(mapping, event, &g).is_some() =>
+                {
+                    let why = reassignment(mapping, event, &g).unwrap_or_default();
+                    self.end_early(g, why, who(event.actor.as_ref()), Some(event))
+                        .await
+                        .map(|g| Outcome::Ending(g.id))
+                }
                 // An auto-approved grant has no approval to withdraw (the ITSM's may be pending).
                 Some(g)
                     if mapping.revokes_on_withdrawn_approval()
@@ -1397,6 +1407,13 @@ impl TransitionInput {
             note: None,
         }
     }
+}
+
+/// Why `grant` must end because `event` renders another subject, if it must. A ticket that can
+/// no longer be rendered at all does not count as reassigned (the status rules decide).
+fn reassignment(mapping: &Mapping, event: &TicketEvent, grant: &Grant) -> Option<String> {
+    let spec = mapping.render_grant(event).ok()?;
+    lifetime::reassigned(&grant.subject, &spec.subject)
 }
 
 /// Key in a grant's stored context marking a grant the mapping auto-approved.

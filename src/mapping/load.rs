@@ -359,6 +359,7 @@ fn build(site: &mut Site<'_>, raw: RawMapping, known: &Known) -> Option<Mapping>
             .get_ref()
             .revoke_on_withdrawn_approval
             .unwrap_or(true),
+        revoke_on_reassign: raw.on.get_ref().revoke_on_reassign.unwrap_or(false),
     })
 }
 

@@ -270,6 +270,7 @@ pub struct Mapping {
     writeback: HashMap<GrantState, WritebackRule>,
     auto_approve: Option<AutoApprove>,
     revoke_on_withdrawn_approval: bool,
+    revoke_on_reassign: bool,
 }
 
 impl std::fmt::Debug for Mapping {
@@ -399,6 +400,12 @@ impl Mapping {
     /// (`[mapping.on] revoke_on_withdrawn_approval`, default true).
     pub fn revokes_on_withdrawn_approval(&self) -> bool {
         self.revoke_on_withdrawn_approval
+    }
+
+    /// Whether a live grant ends when the ticket, re-rendered, names a different subject (the
+    /// ticket was reassigned): `[mapping.on] revoke_on_reassign`, default false.
+    pub fn revokes_on_reassign(&self) -> bool {
+        self.revoke_on_reassign
     }
 
     /// The comment for `note` (the mapping's text or the default), rendered with `ctx`;

@@ -64,6 +64,9 @@ pub(super) struct RawOn {
     /// End a live grant when the ITSM reports its approval is no longer approved (default true).
     #[serde(default)]
     pub revoke_on_withdrawn_approval: Option<bool>,
+    /// End a live grant when the ticket now renders a different subject (default false).
+    #[serde(default)]
+    pub revoke_on_reassign: Option<bool>,
 }
 
 /// `{ status = [...], event = [...] }`.

@@ -378,3 +378,58 @@ async fn a_second_approval_renews_within_the_cap_and_a_replay_or_the_requester_c
     assert_eq!(h.audit("grant.renewed").await.len(), 2);
     assert_eq!(applies(&h).await, 1, "a renewal is not a new apply");
 }
+
+#[tokio::test]
+async fn reassigning_the_ticket_to_another_technician_revokes_when_configured() {
+    let opts = mapping_with(
+        r#"subject  = "{{ requester.email }}""#,
+        r#"subject  = "{{ fields.customfield_10080 }}""#,
+    );
+    let opts = Options {
+        mapping: opts.mapping.replacen(
+            r#"revoke  = { status = ["Done", "Cancelled"] }"#,
+            "revoke  = { status = [\"Done\", \"Cancelled\"] }\nrevoke_on_reassign = true",
+            1,
+        ),
+        ..opts
+    };
+    let h = Harness::start_with(opts).await;
+    let issue = NewIssue::new(ALICE, "Need local admin to install a driver")
+        .field(
+            "customfield_10050",
+            json!({"value": "Local admin", "id": "10100"}),
+        )
+        .field("customfield_10060", json!("WS-0207"))
+        .field("customfield_10070", json!("2h"))
+        .field("customfield_10080", json!("tech1@example.com"))
+        .approval(ApprovalSpec::any_of(&[BOB]));
+    let key = h.jira.create_issue(issue).await.expect("issue").key;
+    h.jira.approve(&key, BOB).await.expect("approve");
+    h.wait_state(&key, GrantState::Active).await;
+
+    // Editing another field changes nothing.
+    h.jira
+        .set_field(&key, "summary", json!("Driver for the plotter"), CAROL)
+        .await
+        .expect("edit");
+    h.settle().await;
+    assert_eq!(h.grants(&key).await[0].state, GrantState::Active);
+
+    // The work goes to another technician: the first one's rights end.
+    h.jira
+        .set_field(&key, "customfield_10080", json!("tech2@example.com"), CAROL)
+        .await
+        .expect("reassign");
+    let g = h.wait_state(&key, GrantState::Revoked).await;
+    assert_eq!(
+        g.reason.as_deref(),
+        Some(
+            "the ticket was reassigned: the elevation is now for tech2@example.com, not tech1@example.com"
+        )
+    );
+    assert!(
+        !h.receiver
+            .holds("tech1@example.com", "WS-0207", "local-admin")
+            .await
+    );
+}
