@@ -96,8 +96,9 @@ mod tests {
     #[test]
     fn renewal_table() {
         let max = SignedDuration::from_hours(4);
-        // (approved_at, expires_at, now, duration, expected new deadline or None, capped, why)
-        let cases: &[(i64, i64, i64, i64, Option<i64>, bool, &str)] = &[
+        /// (approved_at, expires_at, now, duration, new deadline or None, capped, why)
+        type Case = (i64, i64, i64, i64, Option<i64>, bool, &'static str);
+        let cases: &[Case] = &[
             (
                 0,
                 H,

@@ -234,15 +234,17 @@ mod tests {
     #[test]
     fn auto_approval_decisions_table() {
         let ctx = json!({"fields": {"kind": "printer"}, "ticket": {"type": "Elevation Request"}});
-        let cases: &[(
-            &str,
-            &[&str],
-            Option<&str>,
-            &str,
+        /// (condition, scopes, auto max, scope, asked, (seconds, capped) or refusal, why)
+        type Case = (
+            &'static str,
+            &'static [&'static str],
+            Option<&'static str>,
+            &'static str,
             SignedDuration,
-            Result<(i64, bool), &str>,
-            &str,
-        )] = &[
+            Result<(i64, bool), &'static str>,
+            &'static str,
+        );
+        let cases: &[Case] = &[
             (
                 "fields.kind == \"printer\"",
                 &["app:*"],
@@ -391,6 +393,29 @@ mod tests {
         );
         cfg.condition = "(".into();
         assert!(AutoApprove::compile(&cfg, SignedDuration::from_hours(1)).is_err());
+    }
+
+    proptest::proptest! {
+        /// Whatever the ticket asks and whatever the caps, an auto-approved grant is never longer
+        /// than the auto-approval cap, which is never longer than the mapping's.
+        #[test]
+        fn no_auto_approval_exceeds_its_cap(
+            asked in 1i64..10 * 86_400,
+            auto_max in proptest::option::of(1i64..86_400),
+            mapping_max in 1i64..86_400,
+        ) {
+            let mapping_max = SignedDuration::from_secs(mapping_max);
+            let cfg = config("true", &["app:*"], auto_max.map(|s| format!("{s}s")).as_deref());
+            let Ok(Some(auto)) = AutoApprove::compile(&cfg, mapping_max) else {
+                // Only an auto cap above the mapping's is refused.
+                proptest::prop_assert!(auto_max.is_some_and(|m| m > mapping_max.as_secs()));
+                return Ok(());
+            };
+            let g = auto.decide(&json!({}), "app:x", SignedDuration::from_secs(asked)).unwrap();
+            proptest::prop_assert!(g.duration <= auto.max_duration());
+            proptest::prop_assert!(g.duration <= mapping_max);
+            proptest::prop_assert_eq!(g.capped, SignedDuration::from_secs(asked) > auto.max_duration());
+        }
     }
 
     #[test]
