@@ -217,19 +217,24 @@ async fn a_reopen_never_approves_even_when_its_status_is_listed() {
     assert_eq!(applies(&h).await, 1);
 }
 
-#[tokio::test]
-async fn an_approval_withdrawn_in_the_ticket_revokes_the_grant() {
-    let h = Harness::start_with_sim(Options::default(), extension_workflow()).await;
-    let key = h.raise(ALICE, "WS-0204", "2h", &[BOB]).await;
+/// A request Bob approved in JSM, granted and in progress, which the agent then sends back for
+/// approval: JSM opens a new, pending approval (Carol's).
+async fn granted_then_sent_back_for_approval(h: &Harness, target: &str) -> String {
+    let key = h.raise(ALICE, target, "2h", &[BOB]).await;
     h.jira.approve(&key, BOB).await.expect("approve");
     h.wait_state(&key, GrantState::Active).await;
     h.wait_status(&key, "In Progress").await;
-
-    // The agent sends the request back for approval: JSM opens a new, pending approval.
     h.jira
         .request_approval(&key, ApprovalSpec::any_of(&[CAROL]), "Ask again", CAROL)
         .await
         .expect("ask again");
+    key
+}
+
+#[tokio::test]
+async fn an_approval_withdrawn_in_the_ticket_revokes_the_grant() {
+    let h = Harness::start_with_sim(Options::default(), extension_workflow()).await;
+    let key = granted_then_sent_back_for_approval(&h, "WS-0204").await;
     let g = h.wait_state(&key, GrantState::Revoked).await;
     assert!(
         g.reason
@@ -258,14 +263,7 @@ async fn with_withdrawal_revokes_off_the_grant_survives_a_new_approval_round() {
         extension_workflow(),
     )
     .await;
-    let key = h.raise(ALICE, "WS-0205", "2h", &[BOB]).await;
-    h.jira.approve(&key, BOB).await.expect("approve");
-    h.wait_state(&key, GrantState::Active).await;
-    h.wait_status(&key, "In Progress").await;
-    h.jira
-        .request_approval(&key, ApprovalSpec::any_of(&[CAROL]), "Ask again", CAROL)
-        .await
-        .expect("ask again");
+    let key = granted_then_sent_back_for_approval(&h, "WS-0205").await;
     wait_audit(&h, "event.ignored", &key, "Waiting for approval").await;
     h.settle().await;
     assert_eq!(h.grants(&key).await[0].state, GrantState::Active);

@@ -617,29 +617,7 @@ impl Core {
         let now = Timestamp::now();
         let mut approvals = Vec::new();
         if let Some(spec) = new.approval {
-            for a in &spec.approvers {
-                state.user(a)?;
-            }
-            if spec.approvers.is_empty() || spec.required == 0 {
-                return Err(SimError::InvalidInput(
-                    "an approval needs approvers and required >= 1".into(),
-                ));
-            }
-            approvals.push(Approval {
-                id: state.fresh_id(),
-                name: spec.name,
-                final_decision: Decision::Pending,
-                approvers: spec
-                    .approvers
-                    .into_iter()
-                    .map(|a| (a, Decision::Pending))
-                    .collect(),
-                required: spec.required,
-                approve_transition: spec.approve_transition,
-                decline_transition: spec.decline_transition,
-                created: now,
-                completed: None,
-            });
+            approvals.push(pending_approval(&mut state, spec, now)?);
         }
         let mut fields = Map::new();
         for n in 0..self.null_custom_fields {
@@ -950,35 +928,13 @@ impl Core {
         let mut state = self.state.lock().await;
         let idx = state.issue_index(key)?;
         state.user(actor)?;
-        for a in &spec.approvers {
-            state.user(a)?;
-        }
-        if spec.approvers.is_empty() || spec.required == 0 {
-            return Err(SimError::InvalidInput(
-                "an approval needs approvers and required >= 1".into(),
-            ));
-        }
         let now = Timestamp::now();
-        let id = state.fresh_id();
+        let approval = pending_approval(&mut state, spec, now)?;
         let issue = state
             .issues
             .get_mut(idx)
             .ok_or_else(|| SimError::UnknownIssue(key.to_owned()))?;
-        issue.approvals.push(Approval {
-            id,
-            name: spec.name,
-            final_decision: Decision::Pending,
-            approvers: spec
-                .approvers
-                .into_iter()
-                .map(|a| (a, Decision::Pending))
-                .collect(),
-            required: spec.required,
-            approve_transition: spec.approve_transition,
-            decline_transition: spec.decline_transition,
-            created: now,
-            completed: None,
-        });
+        issue.approvals.push(approval);
         issue.updated = now;
         self.transition_locked(&mut state, idx, transition, actor)
     }
@@ -1425,6 +1381,37 @@ impl JiraSim {
     pub async fn shutdown(self) {
         self.server.shutdown().await;
     }
+}
+
+/// A new, undecided approval from `spec`, created at `now`; every approver must be a user.
+fn pending_approval(
+    state: &mut State,
+    spec: ApprovalSpec,
+    now: Timestamp,
+) -> Result<Approval, SimError> {
+    for a in &spec.approvers {
+        state.user(a)?;
+    }
+    if spec.approvers.is_empty() || spec.required == 0 {
+        return Err(SimError::InvalidInput(
+            "an approval needs approvers and required >= 1".into(),
+        ));
+    }
+    Ok(Approval {
+        id: state.fresh_id(),
+        name: spec.name,
+        final_decision: Decision::Pending,
+        approvers: spec
+            .approvers
+            .into_iter()
+            .map(|a| (a, Decision::Pending))
+            .collect(),
+        required: spec.required,
+        approve_transition: spec.approve_transition,
+        decline_transition: spec.decline_transition,
+        created: now,
+        completed: None,
+    })
 }
 
 #[cfg(test)]
