@@ -244,6 +244,16 @@ impl GrantService {
                         .await
                         .map(|g| Outcome::Ending(g.id))
                 }
+                // The event that recorded the grant, delivered again (e.g. retried after the
+                // ITSM could not be reached to confirm it): try the auto-approval again.
+                Some(g)
+                    if g.state == GrantState::Requested
+                        && is_replay_of_last(&g, event)
+                        && let Some(auto) = mapping.auto_approve() =>
+                {
+                    self.approve_as(event, mapping, Some(g), ApprovedBy::Mapping(auto))
+                        .await
+                }
                 // An auto-approved grant has no approval to withdraw (the ITSM's may be pending).
                 Some(g)
                     if mapping.revokes_on_withdrawn_approval()
@@ -471,6 +481,12 @@ impl GrantService {
             Ok(s) => s,
             Err(e) => {
                 let why = e.to_string();
+                if let ApprovedBy::Mapping(_) = kind {
+                    // A person may still approve once the ticket is fixed.
+                    let id = live.as_ref().map(|g| g.id);
+                    let why = format!("the ticket cannot be turned into a grant: {why}");
+                    return self.auto_skipped(event, mapping, id, &why, None).await;
+                }
                 return match live {
                     Some(g) => {
                         self.deny(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use jitbridge::grants::{Grant, GrantState};
 use jitbridge_sim::jira::model::{ApprovalSpec, Transition, Workflow, ids};
 use jitbridge_sim::jira::users::{ALICE, BOB, CAROL};
-use jitbridge_sim::jira::{JiraSimConfig, NewIssue};
+use jitbridge_sim::jira::{FaultWindow, JiraSimConfig, NewIssue, Outage};
 use jitbridge_sim::receiver::CallKind;
 use serde_json::json;
 
@@ -145,6 +145,30 @@ async fn auto_approval_grants_on_creation_and_says_so_in_the_ticket() {
     );
     let approved = wait_audit(&h, "grant.approved", &key, "auto-approved by mapping").await;
     assert_eq!(approved["actor"], "jitbridge (auto-approval)");
+}
+
+#[tokio::test]
+async fn auto_approval_waits_out_an_itsm_outage_instead_of_dropping_to_a_person() {
+    let h =
+        Harness::start_with_sim(mapping_with("[mapping.policy]", AUTO), extension_workflow()).await;
+    // Jira's API cannot confirm the ticket for a moment: the delivery is retried.
+    h.jira
+        .outage(Outage {
+            window: FaultWindow::UntilCleared,
+            retry_after_secs: Some(1),
+        })
+        .await;
+    let key = raise_without_approvals(&h, "WS-0208", "30m").await;
+    h.wait_state(&key, GrantState::Requested).await;
+    h.settle().await;
+    assert_eq!(
+        applies(&h).await,
+        0,
+        "nothing granted before the API confirms"
+    );
+    h.jira.clear_faults().await;
+    h.wait_state(&key, GrantState::Active).await;
+    h.wait_comment(&key, "Auto-approved by jitbridge").await;
 }
 
 #[tokio::test]
