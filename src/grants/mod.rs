@@ -1,6 +1,7 @@
 //! The grant ledger: what a grant is ([`Grant`]), how it may change ([`state`]), and the
 //! [`service`] that turns decisions into committed transitions.
 
+pub mod lifetime;
 pub mod service;
 pub mod state;
 

@@ -10,12 +10,16 @@ use serde_json::json;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use super::lifetime::{self, Renewal};
 use super::{Grant, GrantEvent, GrantState, InvalidTransition, RevokeCause, next_state};
 use crate::audit::NewAudit;
 use crate::clock::SharedClock;
 use crate::connectors::{Confirmation, ConnectorError, Registry, Writeback, WritebackAction};
-use crate::mapping::{GrantSpec, Mapping, MappingSet, Trigger, stored_context};
+use crate::mapping::{
+    GrantSpec, Mapping, MappingSet, Note, Trigger, stored_context, template_context,
+};
 use crate::outbox::{provider_job, writeback_job};
+use crate::policy::auto::AutoApprove;
 use crate::policy::{ApproverSource, Facts, PolicyInput, Verdict};
 use crate::providers::ProviderAction;
 use crate::store::{Commit, NewJob, Store, StoreError};
@@ -69,6 +73,8 @@ pub enum Outcome {
     Cancelled(Uuid),
     /// The grant is being revoked early.
     Ending(Uuid),
+    /// A second approval moved the active grant's deadline.
+    Renewed(Uuid),
     /// The event claimed an approval the ITSM's API does not confirm: nothing granted.
     Unconfirmed(String),
     /// Nothing to do (stale, duplicate, or no grant to act on); recorded in the audit.
@@ -226,7 +232,36 @@ impl GrantService {
         match trigger {
             None => match live {
                 None if event.kind == EventKind::Created || latest.is_none() => {
-                    self.request(event, mapping).await
+                    self.request_then_auto(event, mapping).await
+                }
+                Some(g)
+                    if mapping.revokes_on_reassign()
+                        && g.state.may_hold_privilege()
+                        && reassignment(mapping, event, &g).is_some() =>
+                {
+                    let why = reassignment(mapping, event, &g).unwrap_or_default();
+                    self.end_early(g, why, who(event.actor.as_ref()), Some(event))
+                        .await
+                        .map(|g| Outcome::Ending(g.id))
+                }
+                // The event that recorded the grant, delivered again (e.g. retried after the
+                // ITSM could not be reached to confirm it): try the auto-approval again.
+                Some(g)
+                    if g.state == GrantState::Requested
+                        && is_replay_of_last(&g, event)
+                        && let Some(auto) = mapping.auto_approve() =>
+                {
+                    self.approve_as(event, mapping, Some(g), ApprovedBy::Mapping(auto))
+                        .await
+                }
+                // An auto-approved grant has no approval to withdraw (the ITSM's may be pending).
+                Some(g)
+                    if mapping.revokes_on_withdrawn_approval()
+                        && matches!(g.state, GrantState::Approved | GrantState::Active)
+                        && g.context.get(AUTO_APPROVED).is_none()
+                        && (event.status_change.is_some() || event.approval.is_some()) =>
+                {
+                    self.check_withdrawn(event, mapping, g).await
                 }
                 Some(g) => {
                     self.ignore(
@@ -358,15 +393,48 @@ impl GrantService {
         mapping: &Mapping,
         live: Option<Grant>,
     ) -> Result<Outcome, ServiceError> {
+        self.approve_as(event, mapping, live, ApprovedBy::Person)
+            .await
+    }
+
+    /// [`Self::approve`] by a person or by the mapping's auto-approval. A person's approval of
+    /// an active grant is a renewal; an auto-approval only ever approves a `requested` grant.
+    async fn approve_as(
+        &self,
+        event: &TicketEvent,
+        mapping: &Mapping,
+        live: Option<Grant>,
+        kind: ApprovedBy<'_>,
+    ) -> Result<Outcome, ServiceError> {
+        let renewing = matches!(kind, ApprovedBy::Person)
+            && live.as_ref().is_some_and(|g| g.state == GrantState::Active);
         if let Some(g) = &live
             && g.state != GrantState::Requested
+            && !renewing
         {
             return self
                 .ignore(event, mapping, Some(g), &format!("already {}", g.state))
                 .await;
         }
+        // The approval that granted (or last renewed) must not renew again when replayed.
+        if let Some(g) = live.as_ref().filter(|_| renewing)
+            && is_replay_of_last(g, event)
+        {
+            return self
+                .ignore(
+                    event,
+                    mapping,
+                    Some(g),
+                    "replay of the approval already applied to this grant",
+                )
+                .await;
+        }
         let confirmation = self.confirm(event).await?;
-        if let Some(why) = unconfirmed(mapping, event, confirmation.as_ref()) {
+        let refused = match kind {
+            ApprovedBy::Person => unconfirmed(mapping, event, confirmation.as_ref()),
+            ApprovedBy::Mapping(_) => ended_in_itsm(mapping, event, confirmation.as_ref()),
+        };
+        if let Some(why) = refused {
             let record = NewAudit {
                 at: self.clock.now(),
                 kind: "approval.unconfirmed".into(),
@@ -413,6 +481,12 @@ impl GrantService {
             Ok(s) => s,
             Err(e) => {
                 let why = e.to_string();
+                if let ApprovedBy::Mapping(_) = kind {
+                    // A person may still approve once the ticket is fixed.
+                    let id = live.as_ref().map(|g| g.id);
+                    let why = format!("the ticket cannot be turned into a grant: {why}");
+                    return self.auto_skipped(event, mapping, id, &why, None).await;
+                }
                 return match live {
                     Some(g) => {
                         self.deny(
@@ -455,6 +529,24 @@ impl GrantService {
             return Ok(Outcome::Unconfirmed(why));
         }
 
+        let mut spec = spec;
+        let mut auto_grant = None;
+        if let ApprovedBy::Mapping(auto) = kind {
+            let grant_id = live.as_ref().map(|g| g.id);
+            match auto.decide(&template_context(event), &spec.scope, spec.duration) {
+                Ok(a) => {
+                    spec.duration = a.duration;
+                    spec.capped |= a.capped;
+                    auto_grant = Some(a);
+                }
+                Err(why) => {
+                    return self
+                        .auto_skipped(event, mapping, grant_id, &why, None)
+                        .await;
+                }
+            }
+        }
+
         let confirmed_approvers: Vec<Person> = confirmation
             .as_ref()
             .and_then(|c| c.approval.as_ref())
@@ -464,6 +556,8 @@ impl GrantService {
         // ITSM's own record (or a delivery the admin chose to trust) can show that an allowed
         // person approved; a delivery's actor can still show that the requester did.
         let (approvers, approvers_from) = match (&confirmation, confirmed_approvers.is_empty()) {
+            // Nobody approved: approver rules are dropped from the verdict below.
+            _ if auto_grant.is_some() => (Vec::new(), ApproverSource::Confirmed),
             (_, false) => (confirmed_approvers, ApproverSource::Confirmed),
             (None, true) => (
                 event.actor.iter().cloned().collect(),
@@ -479,16 +573,33 @@ impl GrantService {
             .and_then(|c| c.requester.clone())
             .or_else(|| event.requester.clone());
 
+        // A renewal keeps the grant it renews: it never changes who, where or what.
+        if renewing
+            && let Some(g) = &live
+            && (g.subject != spec.subject || g.target != spec.target || g.scope != spec.scope)
+        {
+            let why = format!(
+                "not renewed: the ticket now describes a different grant ({} on {} as {}); \
+                 end this one and raise a new request",
+                spec.subject, spec.target, spec.scope
+            );
+            return self.ignore(event, mapping, Some(g), &why).await;
+        }
         let mut grant = match live {
             Some(g) => g,
             None => self.new_grant_from(event, mapping, &spec),
         };
         let expected = (grant.version > 0).then_some(grant.version);
-        apply_spec(&mut grant, &spec);
-        grant.requester = requester.clone();
-        grant.approvers = approvers.clone();
+        if !renewing {
+            apply_spec(&mut grant, &spec);
+            grant.requester = requester.clone();
+            grant.approvers = approvers.clone();
+        }
+        if let (Some(_), Some(ctx)) = (auto_grant, grant.context.as_object_mut()) {
+            ctx.insert(AUTO_APPROVED.into(), json!(true));
+        }
 
-        let live = if mapping.policy().needs_live_counts() {
+        let counts = if mapping.policy().needs_live_counts() {
             Some(
                 self.store
                     .count_live_grants(&spec.subject, &spec.target)
@@ -497,10 +608,12 @@ impl GrantService {
         } else {
             None
         };
+        // A renewed grant is live already: it does not count against its own renewal.
+        let own = u64::from(renewing);
         let facts = Facts {
             now: self.clock.now(),
-            live_for_subject: live.map(|c| c.by_subject),
-            live_for_target: live.map(|c| c.by_target),
+            live_for_subject: counts.map(|c| c.by_subject.saturating_sub(own)),
+            live_for_target: counts.map(|c| c.by_target.saturating_sub(own)),
             approvers_from,
         };
         let verdict = mapping.check_policy_at(
@@ -514,12 +627,31 @@ impl GrantService {
             },
             &facts,
         );
+        let verdict = match auto_grant {
+            Some(_) => crate::policy::auto::without_approver_rules(verdict),
+            None => verdict,
+        };
         if !verdict.allowed() {
             let reason = verdict
                 .refusal()
                 .unwrap_or_else(|| "refused by policy".into());
+            if auto_grant.is_some() {
+                // A person may still approve it (e.g. later, inside the allowed hours).
+                return self
+                    .auto_skipped(event, mapping, Some(grant.id), &reason, Some(&verdict))
+                    .await;
+            }
+            if renewing {
+                let why = format!("renewal refused: {reason}");
+                return self.ignore(event, mapping, Some(&grant), &why).await;
+            }
             return self
                 .deny(event, mapping, grant, reason, Some(&verdict))
+                .await;
+        }
+        if renewing {
+            return self
+                .renew(event, mapping, grant, &spec, &approvers, &verdict)
                 .await;
         }
 
@@ -532,15 +664,36 @@ impl GrantService {
                 json!({"event": event.kind.as_str()}),
             ));
         }
+        let auto_detail = match kind {
+            ApprovedBy::Mapping(auto) => json!({
+                "mapping": mapping.name(), "condition": auto.condition_source(),
+                "max_duration_secs": auto.max_duration().as_secs(),
+            }),
+            ApprovedBy::Person => serde_json::Value::Null,
+        };
         let input = TransitionInput {
-            actor: who(approvers.first()),
-            reason: None,
+            actor: match kind {
+                ApprovedBy::Mapping(_) => Some(AUTO_APPROVER.into()),
+                ApprovedBy::Person => who(approvers.first()),
+            },
+            reason: auto_grant.map(|_| {
+                format!(
+                    "auto-approved by mapping {} (condition {})",
+                    mapping.name(),
+                    auto_detail["condition"].as_str().unwrap_or_default()
+                )
+            }),
             occurred_at: Some(event.occurred_at),
             digest: Some(event_digest(event)),
             detail: json!({
                 "approvers": approvers, "requester": requester, "confirmed": confirmation,
                 "policy": verdict_json(&verdict), "requested_duration_secs": spec.requested.as_secs(), "capped": spec.capped,
+                "auto_approved": auto_detail,
             }),
+            note: auto_grant.map(|_| (Note::AutoApproved, json!({"auto_approve": {
+                "mapping": mapping.name(), "condition": auto_detail["condition"],
+                "max_duration": auto_detail["max_duration_secs"].as_i64().map(|s| humantime::format_duration(std::time::Duration::from_secs(s.unsigned_abs())).to_string()),
+            }}))),
         };
         let grant = self
             .step_and_commit(grant, expected, GrantEvent::Approve, input, rows, None)
@@ -590,6 +743,7 @@ impl GrantService {
             occurred_at: Some(event.occurred_at),
             digest: Some(event_digest(event)),
             detail: json!({"policy": verdict.map(verdict_json), "mapping": mapping.name()}),
+            note: None,
         };
         let grant = self
             .step_and_commit(grant, expected, GrantEvent::Deny, input, rows, None)
@@ -616,6 +770,7 @@ impl GrantService {
                     occurred_at: event.map(|e| e.occurred_at),
                     digest: event.map(event_digest),
                     detail: json!({}),
+                    note: None,
                 };
                 self.transition(grant, GrantEvent::Cancel, input).await
             }
@@ -630,6 +785,7 @@ impl GrantService {
                     occurred_at: event.map(|e| e.occurred_at),
                     digest: event.map(event_digest),
                     detail: json!({}),
+                    note: None,
                 };
                 self.transition(grant, GrantEvent::EndEarly, input).await
             }
@@ -880,6 +1036,10 @@ impl GrantService {
         if let Some(mapping) = self.mappings.get(&grant.mapping) {
             rows.jobs
                 .extend(self.writebacks(mapping, &grant, input.reason.as_deref()));
+            if let Some((note, extra)) = &input.note {
+                rows.jobs
+                    .extend(self.note_writeback(mapping, &grant, *note, extra));
+            }
         }
         let saved = grant.clone();
         self.commit(grant, expected, rows, complete_job).await?;
@@ -946,15 +1106,7 @@ impl GrantService {
 
     /// The writeback jobs the mapping asks for when `grant` enters its current state.
     fn writebacks(&self, mapping: &Mapping, grant: &Grant, reason: Option<&str>) -> Vec<NewJob> {
-        let mut ctx = grant.context.clone();
-        if let Some(obj) = ctx.as_object_mut() {
-            obj.insert("grant".into(), json!({
-                "id": grant.id.to_string(), "subject": grant.subject, "target": grant.target, "scope": grant.scope,
-                "starts_at": grant.starts_at.map(|t| t.to_string()), "expires_at": grant.expires_at.map(|t| t.to_string()),
-                "state": grant.state.as_str(), "provider": grant.provider, "duration": humantime::format_duration(grant.duration.unsigned_abs()).to_string(),
-            }));
-            obj.insert("reason".into(), json!(reason.unwrap_or_default()));
-        }
+        let ctx = grant_writeback_context(grant, reason);
         let texts = match mapping.render_writeback(grant.state, &ctx) {
             Ok(Some(t)) => t,
             Ok(None) => return Vec::new(),
@@ -984,6 +1136,202 @@ impl GrantService {
         jobs
     }
 
+    /// The comment job for `note` (auto-approval, renewal), rendered with the writeback names
+    /// plus `extra`. Its marker is unique per grant, note and deadline, so a renewal to a new
+    /// deadline is a new comment and a retried job is recognized.
+    fn note_writeback(
+        &self,
+        mapping: &Mapping,
+        grant: &Grant,
+        note: Note,
+        extra: &serde_json::Value,
+    ) -> Option<NewJob> {
+        let mut ctx = grant_writeback_context(grant, None);
+        if let (Some(obj), Some(more)) = (ctx.as_object_mut(), extra.as_object()) {
+            obj.extend(more.clone());
+        }
+        let text = match mapping.render_note(note, &ctx) {
+            Ok(t) => t?,
+            Err(e) => {
+                tracing::error!(grant = %grant.id, mapping = mapping.name(), error = %e, "writeback template failed; no comment for this note");
+                return None;
+            }
+        };
+        let deadline = grant
+            .expires_at
+            .map(|t| t.as_millisecond())
+            .unwrap_or_default();
+        let wb = Writeback {
+            ticket: grant.ticket.clone(),
+            action: WritebackAction::Comment { text },
+            marker: format!(
+                "jitbridge:{}:{}:{deadline}:comment",
+                grant.id,
+                note.as_str()
+            ),
+        };
+        Some(writeback_job(&wb, self.clock.now()))
+    }
+
+    /// Records a new grant for this event and, when the mapping auto-approves and this request
+    /// qualifies, approves it at once.
+    async fn request_then_auto(
+        &self,
+        event: &TicketEvent,
+        mapping: &Mapping,
+    ) -> Result<Outcome, ServiceError> {
+        let outcome = self.request(event, mapping).await?;
+        let (Outcome::Requested(id), Some(auto)) = (&outcome, mapping.auto_approve()) else {
+            return Ok(outcome);
+        };
+        let Some(grant) = self.store.get_grant(*id).await? else {
+            return Ok(outcome);
+        };
+        self.approve_as(event, mapping, Some(grant), ApprovedBy::Mapping(auto))
+            .await
+    }
+
+    /// An auto-approval did not apply: the grant keeps waiting for a person; the audit says why.
+    async fn auto_skipped(
+        &self,
+        event: &TicketEvent,
+        mapping: &Mapping,
+        grant_id: Option<Uuid>,
+        why: &str,
+        verdict: Option<&Verdict>,
+    ) -> Result<Outcome, ServiceError> {
+        self.store
+            .append_audit(vec![NewAudit {
+                at: self.clock.now(),
+                kind: "auto_approve.skipped".into(),
+                grant_id,
+                connector: Some(event.connector.clone()),
+                ticket_key: Some(event.ticket.key.clone()),
+                actor: Some(AUTO_APPROVER.into()),
+                detail: json!({"mapping": mapping.name(), "why": why, "policy": verdict.map(verdict_json)}),
+            }])
+            .await?;
+        tracing::info!(connector = %event.connector, ticket = %event.ticket.key, mapping = mapping.name(), why, "not auto-approved; waiting for a person");
+        Ok(match grant_id {
+            Some(id) => Outcome::Requested(id),
+            None => Outcome::Ignored(why.to_owned()),
+        })
+    }
+
+    /// A person approved an active grant again: move its deadline, capped at `max_duration`
+    /// from the first approval ([`lifetime::renew`]), audited as `grant.renewed`.
+    async fn renew(
+        &self,
+        event: &TicketEvent,
+        mapping: &Mapping,
+        mut grant: Grant,
+        spec: &GrantSpec,
+        approvers: &[Person],
+        verdict: &Verdict,
+    ) -> Result<Outcome, ServiceError> {
+        let now = self.clock.now();
+        let (Some(approved_at), Some(expires_at)) = (grant.approved_at, grant.expires_at) else {
+            return self
+                .ignore(
+                    event,
+                    mapping,
+                    Some(&grant),
+                    "not renewed: the grant has no deadline",
+                )
+                .await;
+        };
+        let max = mapping.max_duration();
+        let (new_expires, duration, capped) =
+            match lifetime::renew(approved_at, expires_at, now, spec.duration, max) {
+                Renewal::Extend {
+                    expires_at,
+                    duration,
+                    capped,
+                } => (expires_at, duration, capped),
+                Renewal::Unchanged { cap } => {
+                    let why = format!(
+                        "not renewed: the grant already ends at {expires_at}, and it may last at \
+                         most until {cap} ({max:#} from its first approval)"
+                    );
+                    return self.ignore(event, mapping, Some(&grant), &why).await;
+                }
+            };
+        let approver = who(approvers.first()).or_else(|| who(event.actor.as_ref()));
+        let expected = Some(grant.version);
+        grant.expires_at = Some(new_expires);
+        grant.duration = duration;
+        for p in approvers {
+            if !grant.approvers.iter().any(|a| a.same_identity(p)) {
+                grant.approvers.push(p.clone());
+            }
+        }
+        let mut rows = Rows::default();
+        rows.audit.push(self.audit_for(
+            &grant,
+            "grant.renewed",
+            approver.clone(),
+            json!({
+                "previous_expires_at": expires_at, "expires_at": new_expires, "capped": capped,
+                "max_duration_secs": max.as_secs(), "requested_duration_secs": spec.duration.as_secs(),
+                "approvers": approvers, "policy": verdict_json(verdict),
+            }),
+        ));
+        let extra = json!({"renewal": {
+            "approver": approver.clone().unwrap_or_else(|| "an approver".into()), "capped": capped,
+            "max_duration": humantime::format_duration(max.unsigned_abs()).to_string(),
+        }});
+        rows.jobs
+            .extend(self.note_writeback(mapping, &grant, Note::Renewed, &extra));
+        if event.occurred_at >= grant.last_event_at {
+            grant.last_event_at = event.occurred_at;
+            if let Some(ctx) = grant.context.as_object_mut() {
+                ctx.insert(LAST_EVENT_DIGEST.into(), json!(event_digest(event)));
+            }
+        }
+        // The state machine allows this step (active -> active) only for an active grant.
+        next_state(grant.state, GrantEvent::Renew, None)?;
+        grant.version += 1;
+        let id = grant.id;
+        self.commit(grant, expected, rows, None).await?;
+        // The scheduler may be sleeping towards the old deadline.
+        self.wakers.scheduler.notify_one();
+        metrics::counter!("jitbridge_grants_renewed_total", "connector" => event.connector.clone())
+            .increment(1);
+        tracing::info!(grant = %id, ticket = %event.ticket.key, expires_at = %new_expires, capped, "grant renewed");
+        Ok(Outcome::Renewed(id))
+    }
+
+    /// An event without a trigger for a grant that may hold its privilege: when the mapping
+    /// revokes on a withdrawn approval, ask the ITSM whether the approval still stands.
+    async fn check_withdrawn(
+        &self,
+        event: &TicketEvent,
+        mapping: &Mapping,
+        grant: Grant,
+    ) -> Result<Outcome, ServiceError> {
+        let confirmation = self.confirm(event).await?;
+        let approval = match &confirmation {
+            Some(c) => c.approval.as_ref(),
+            // No API confirmation: only the delivery can tell.
+            None => event.approval.as_ref(),
+        };
+        match lifetime::withdrawn(approval) {
+            Some(why) => self
+                .end_early(grant, why, who(event.actor.as_ref()), Some(event))
+                .await
+                .map(|g| Outcome::Ending(g.id)),
+            None => {
+                self.ignore(
+                    event,
+                    mapping,
+                    Some(&grant),
+                    "no trigger; the approval still stands",
+                )
+                .await
+            }
+        }
+    }
+
     /// The apply window from config.
     pub fn apply_window(&self) -> SignedDuration {
         self.settings.apply_window
@@ -998,6 +1346,40 @@ impl GrantService {
         // Never keep trying to apply a grant whose own deadline has passed.
         grant.expires_at.map_or(window_end, |e| e.min(window_end))
     }
+}
+
+/// Who approves a grant: a person in the ITSM, or the mapping's `[mapping.auto_approve]`.
+#[derive(Clone, Copy)]
+enum ApprovedBy<'a> {
+    Person,
+    Mapping(&'a AutoApprove),
+}
+
+/// The actor recorded for an auto-approval.
+const AUTO_APPROVER: &str = "jitbridge (auto-approval)";
+
+/// True when `event` is the very event last applied to `grant` (same instant, same content).
+fn is_replay_of_last(grant: &Grant, event: &TicketEvent) -> bool {
+    event.occurred_at == grant.last_event_at
+        && grant
+            .context
+            .get(LAST_EVENT_DIGEST)
+            .and_then(|d| d.as_str())
+            .is_none_or(|d| d == event_digest(event))
+}
+
+/// The names writeback templates see: the stored ticket context plus `grant` and `reason`.
+fn grant_writeback_context(grant: &Grant, reason: Option<&str>) -> serde_json::Value {
+    let mut ctx = grant.context.clone();
+    if let Some(obj) = ctx.as_object_mut() {
+        obj.insert("grant".into(), json!({
+            "id": grant.id.to_string(), "subject": grant.subject, "target": grant.target, "scope": grant.scope,
+            "starts_at": grant.starts_at.map(|t| t.to_string()), "expires_at": grant.expires_at.map(|t| t.to_string()),
+            "state": grant.state.as_str(), "provider": grant.provider, "duration": humantime::format_duration(grant.duration.unsigned_abs()).to_string(),
+        }));
+        obj.insert("reason".into(), json!(reason.unwrap_or_default()));
+    }
+    ctx
 }
 
 /// Rows a transition writes besides the grant.
@@ -1015,6 +1397,8 @@ struct TransitionInput {
     detail: serde_json::Value,
     /// Content digest of the ticket event that caused this transition, if one did.
     digest: Option<String>,
+    /// A comment that is not tied to the new state (auto-approval), with its extra names.
+    note: Option<(Note, serde_json::Value)>,
 }
 
 impl TransitionInput {
@@ -1025,6 +1409,7 @@ impl TransitionInput {
             occurred_at: None,
             digest: None,
             detail,
+            note: None,
         }
     }
 
@@ -1035,9 +1420,20 @@ impl TransitionInput {
             occurred_at: Some(event.occurred_at),
             digest: Some(event_digest(event)),
             detail: json!({"event": event.kind.as_str()}),
+            note: None,
         }
     }
 }
+
+/// Why `grant` must end because `event` renders another subject, if it must. A ticket that can
+/// no longer be rendered at all does not count as reassigned (the status rules decide).
+fn reassignment(mapping: &Mapping, event: &TicketEvent, grant: &Grant) -> Option<String> {
+    let spec = mapping.render_grant(event).ok()?;
+    lifetime::reassigned(&grant.subject, &spec.subject)
+}
+
+/// Key in a grant's stored context marking a grant the mapping auto-approved.
+const AUTO_APPROVED: &str = "_auto_approved";
 
 /// Key in a grant's stored context holding the digest of the last ticket event applied.
 const LAST_EVENT_DIGEST: &str = "_last_event_digest";
@@ -1076,6 +1472,22 @@ fn verdict_json(v: &Verdict) -> serde_json::Value {
             .map(|c| json!({"rule": c.rule, "passed": c.passed, "detail": c.detail}))
             .collect::<Vec<_>>()
     )
+}
+
+/// Why a ticket cannot be auto-approved because the ITSM reports it already ended or refused.
+/// (No approval is expected: nobody approved an auto-approved ticket.)
+pub fn ended_in_itsm(
+    mapping: &Mapping,
+    event: &TicketEvent,
+    confirmation: Option<&Confirmation>,
+) -> Option<String> {
+    let status = confirmation?.status.as_ref()?;
+    mapping.ends_or_denies_status(status).then(|| {
+        format!(
+            "the ticket's status is {status:?} in {}, which ends or refuses a grant",
+            event.connector
+        )
+    })
 }
 
 /// Why the ITSM's own record does not back the approval the event claims, if it does not.

@@ -146,6 +146,9 @@ pub enum GrantEvent {
     RevokeSucceeded,
     /// The revoke failed too many times in a row: raise the alarm, keep retrying.
     RevokeExhausted,
+    /// A second approval of an active grant: it stays active with a later deadline (capped by
+    /// [`super::lifetime::renew`]).
+    Renew,
 }
 
 /// A transition the machine does not allow. Callers record it and ignore the event.
@@ -177,6 +180,8 @@ pub fn next_state(
         (S::Approved, E::EndEarly | E::Cancel) => S::Revoking,
         (S::Active, E::Deadline) => S::Expiring,
         (S::Active, E::EndEarly | E::Cancel) => S::Revoking,
+        // Only a grant that holds its privilege can be renewed; the new deadline is capped.
+        (S::Active, E::Renew) => S::Active,
         // An early end that arrives while the deadline revoke is running changes nothing:
         // the grant ends as soon as the revoke lands, either way.
         (S::Expiring | S::Revoking, E::RevokeExhausted) => S::RevokeFailed,
@@ -196,7 +201,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const ALL_EVENTS: [GrantEvent; 9] = [
+    const ALL_EVENTS: [GrantEvent; 10] = [
         GrantEvent::Approve,
         GrantEvent::Deny,
         GrantEvent::Cancel,
@@ -206,7 +211,20 @@ mod tests {
         GrantEvent::EndEarly,
         GrantEvent::RevokeSucceeded,
         GrantEvent::RevokeExhausted,
+        GrantEvent::Renew,
     ];
+
+    #[test]
+    fn only_an_active_grant_can_be_renewed() {
+        for s in ALL_STATES {
+            let got = next_state(s, GrantEvent::Renew, None);
+            if s == GrantState::Active {
+                assert_eq!(got, Ok(GrantState::Active));
+            } else {
+                assert!(got.is_err(), "{s} took a renewal");
+            }
+        }
+    }
 
     #[test]
     fn happy_path_ends_expired() {

@@ -15,8 +15,8 @@ use toml::Spanned;
 use super::raw::{RawFile, RawMapping, RawOn, RawPolicy, RawRule};
 use super::template::{self, describe};
 use super::{
-    Condition, Known, Mapping, OnRules, Rule, T_DURATION, T_SCOPE, T_SUBJECT, T_TARGET,
-    WRITEBACK_STATES, WritebackRule, writeback_template,
+    Condition, Known, Mapping, NOTES, OnRules, Rule, T_DURATION, T_SCOPE, T_SUBJECT, T_TARGET,
+    WRITEBACK_STATES, WritebackRule, note_template, writeback_template,
 };
 use crate::config::{Problem, line_of, parse_duration};
 use crate::grants::GrantState;
@@ -238,15 +238,61 @@ fn build(site: &mut Site<'_>, raw: RawMapping, known: &Known) -> Option<Mapping>
         Some(table) => build_policy(site, table, max_duration),
     };
 
+    let auto_approve = match (&raw.auto_approve, max_duration) {
+        (None, _) => Some(None),
+        (Some(table), Some(max)) => {
+            match crate::policy::auto::AutoApprove::compile(table.get_ref(), max) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    site.report(
+                        &format!("auto_approve.{}", e.key),
+                        Some(table.span()),
+                        e.why,
+                    );
+                    None
+                }
+            }
+        }
+        // max_duration is already reported.
+        (Some(_), None) => None,
+    };
+
     let mut writeback = HashMap::new();
+    let mut notes_set = Vec::new();
     for (key, rule) in &raw.writeback {
+        if let Some(note) = NOTES.into_iter().find(|n| n.as_str() == key.get_ref()) {
+            let rule_ref = rule.get_ref();
+            if rule_ref.status.is_some() {
+                site.report(
+                    &format!("writeback.{}.status", note.as_str()),
+                    Some(rule.span()),
+                    "this writeback is a comment only; remove `status`",
+                );
+            }
+            match &rule_ref.comment {
+                Some(source) => {
+                    add_template(site, &mut templates, &note_template(note), source);
+                    notes_set.push(note);
+                }
+                None => site.report(
+                    &format!("writeback.{}", note.as_str()),
+                    Some(rule.span()),
+                    "names no `comment`; add one (an empty text turns the comment off)",
+                ),
+            }
+            continue;
+        }
         let state = key
             .get_ref()
             .parse::<GrantState>()
             .ok()
             .filter(|s| WRITEBACK_STATES.contains(s));
         let Some(state) = state else {
-            let valid: Vec<&str> = WRITEBACK_STATES.iter().map(|s| s.as_str()).collect();
+            let valid: Vec<&str> = WRITEBACK_STATES
+                .iter()
+                .map(|s| s.as_str())
+                .chain(NOTES.iter().map(|n| n.as_str()))
+                .collect();
             site.report(
                 &format!("writeback.{}", key.get_ref()),
                 Some(key.span()),
@@ -285,6 +331,11 @@ fn build(site: &mut Site<'_>, raw: RawMapping, known: &Known) -> Option<Mapping>
         );
     }
 
+    for note in NOTES.into_iter().filter(|n| !notes_set.contains(n)) {
+        let default = Spanned::new(0..0, note.default_comment().to_owned());
+        add_template(site, &mut templates, &note_template(note), &default);
+    }
+
     if site.problems.len() != before {
         return None;
     }
@@ -302,6 +353,13 @@ fn build(site: &mut Site<'_>, raw: RawMapping, known: &Known) -> Option<Mapping>
         on: on?,
         policy: policy?,
         writeback,
+        auto_approve: auto_approve?,
+        revoke_on_withdrawn_approval: raw
+            .on
+            .get_ref()
+            .revoke_on_withdrawn_approval
+            .unwrap_or(true),
+        revoke_on_reassign: raw.on.get_ref().revoke_on_reassign.unwrap_or(false),
     })
 }
 

@@ -21,6 +21,7 @@ use jiff::SignedDuration;
 use serde::Serialize;
 
 use crate::grants::GrantState;
+use crate::policy::auto::AutoApprove;
 use crate::policy::{Facts, Policy, PolicyInput, Verdict};
 use crate::ticket::{EventKind, TicketEvent};
 
@@ -51,6 +52,48 @@ pub const WRITEBACK_STATES: [GrantState; 9] = [
     GrantState::Cancelled,
     GrantState::RevokeFailed,
 ];
+
+/// Writebacks for moments that are not a state change: each is a comment, with a default text
+/// that `[mapping.writeback] <note> = { comment = "..." }` overrides (an empty text turns it off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Note {
+    /// The grant was approved by the mapping's `[mapping.auto_approve]`, not by a person.
+    AutoApproved,
+    /// A second approval moved an active grant's deadline.
+    Renewed,
+}
+
+/// Every [`Note`], for loading and tests.
+pub const NOTES: [Note; 2] = [Note::AutoApproved, Note::Renewed];
+
+impl Note {
+    /// The key under `[mapping.writeback]`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Note::AutoApproved => "auto_approved",
+            Note::Renewed => "renewed",
+        }
+    }
+
+    /// The comment written when the mapping does not set one. Sees the writeback names plus
+    /// `auto_approve` {mapping, condition, max_duration} or `renewal` {approver, capped}.
+    pub fn default_comment(self) -> &'static str {
+        match self {
+            Note::AutoApproved => {
+                "Auto-approved by jitbridge: mapping {{ auto_approve.mapping }} marks this request \
+                 low-risk (condition: {{ auto_approve.condition }}). {{ grant.scope }} for \
+                 {{ grant.subject }} on {{ grant.target }} until {{ grant.expires_at }}; no \
+                 person approved it."
+            }
+            Note::Renewed => {
+                "Elevation renewed by {{ renewal.approver }}: {{ grant.scope }} for \
+                 {{ grant.subject }} on {{ grant.target }} now ends at {{ grant.expires_at }}\
+                 {% if renewal.capped %} (capped: at most {{ renewal.max_duration }} from the \
+                 first approval){% endif %}."
+            }
+        }
+    }
+}
 
 /// Longest rendered subject, target, scope or status name: these are identifiers, and anything
 /// longer is a template rendering the wrong thing.
@@ -225,6 +268,9 @@ pub struct Mapping {
     on: OnRules,
     policy: Policy,
     writeback: HashMap<GrantState, WritebackRule>,
+    auto_approve: Option<AutoApprove>,
+    revoke_on_withdrawn_approval: bool,
+    revoke_on_reassign: bool,
 }
 
 impl std::fmt::Debug for Mapping {
@@ -245,6 +291,10 @@ const T_SUBJECT: &str = "grant.subject";
 const T_TARGET: &str = "grant.target";
 const T_SCOPE: &str = "grant.scope";
 const T_DURATION: &str = "grant.duration";
+
+fn note_template(note: Note) -> String {
+    format!("writeback.{}.comment", note.as_str())
+}
 
 fn writeback_template(state: GrantState, part: &str) -> String {
     format!("writeback.{}.{part}", state.as_str())
@@ -313,16 +363,60 @@ impl Mapping {
     /// change (`status_change.to`) into a listed status; an event rule when `event.kind` is
     /// listed. Should an event fire several rules, the most conservative wins: revoke, then
     /// deny, then approve.
+    ///
+    /// A reopen never approves: an event of kind `reopened`, or a status change out of a status
+    /// that ends or refuses a grant, fires no approve rule even when its new status is listed.
     pub fn trigger(&self, event: &TicketEvent) -> Option<Trigger> {
         if self.on.revoke.fires(event) {
             Some(Trigger::Revoke)
         } else if self.on.deny.fires(event) {
             Some(Trigger::Deny)
+        } else if self.is_reopen(event) {
+            None
         } else if self.on.approve.fires(event) {
             Some(Trigger::Approve)
         } else {
             None
         }
+    }
+
+    /// True when `event` reopens the ticket: its kind is `reopened`, or it moves the ticket out
+    /// of a status that ends (`on.revoke`) or refuses (`on.deny`) a grant.
+    pub fn is_reopen(&self, event: &TicketEvent) -> bool {
+        event.kind == EventKind::Reopened
+            || event
+                .status_change
+                .as_ref()
+                .and_then(|c| c.from.as_deref())
+                .is_some_and(|from| self.ends_or_denies_status(from))
+    }
+
+    /// `[mapping.auto_approve]`, when enabled.
+    pub fn auto_approve(&self) -> Option<&AutoApprove> {
+        self.auto_approve.as_ref()
+    }
+
+    /// Whether a live grant ends when the ITSM reports its approval is no longer approved
+    /// (`[mapping.on] revoke_on_withdrawn_approval`, default true).
+    pub fn revokes_on_withdrawn_approval(&self) -> bool {
+        self.revoke_on_withdrawn_approval
+    }
+
+    /// Whether a live grant ends when the ticket, re-rendered, names a different subject (the
+    /// ticket was reassigned): `[mapping.on] revoke_on_reassign`, default false.
+    pub fn revokes_on_reassign(&self) -> bool {
+        self.revoke_on_reassign
+    }
+
+    /// The comment for `note` (the mapping's text or the default), rendered with `ctx`;
+    /// `Ok(None)` when it renders empty (the administrator turned it off).
+    pub fn render_note(
+        &self,
+        note: Note,
+        ctx: &serde_json::Value,
+    ) -> Result<Option<String>, MappingError> {
+        let text = self.render(&note_template(note), &minijinja::Value::from_serialize(ctx))?;
+        Ok(Some(cut(text.trim(), MAX_COMMENT_CHARS)).filter(|t| !t.is_empty()))
     }
 
     /// Is `status` one of the approve statuses (case-insensitive)? The engine re-checks the

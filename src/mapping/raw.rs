@@ -9,6 +9,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::policy::PolicyConfig;
+use crate::policy::auto::AutoApproveConfig;
 use crate::ticket::EventKind;
 
 /// One mapping file: one or more `[[mapping]]` tables.
@@ -34,6 +35,8 @@ pub(super) struct RawMapping {
     pub policy: Option<Spanned<RawPolicy>>,
     #[serde(default)]
     pub writeback: BTreeMap<Spanned<String>, Spanned<RawWriteback>>,
+    #[serde(default)]
+    pub auto_approve: Option<Spanned<AutoApproveConfig>>,
 }
 
 /// `[mapping.grant]`: templates for the grant's parts, its cap and its provider.
@@ -58,6 +61,12 @@ pub(super) struct RawOn {
     pub deny: Option<RawRule>,
     #[serde(default)]
     pub revoke: Option<RawRule>,
+    /// End a live grant when the ITSM reports its approval is no longer approved (default true).
+    #[serde(default)]
+    pub revoke_on_withdrawn_approval: Option<bool>,
+    /// End a live grant when the ticket now renders a different subject (default false).
+    #[serde(default)]
+    pub revoke_on_reassign: Option<bool>,
 }
 
 /// `{ status = [...], event = [...] }`.

@@ -658,7 +658,7 @@ fn unknown_writeback_state_is_a_problem_listing_the_valid_ones() {
     );
     assert!(
         p.why.ends_with(
-            "unknown grant state \"deneid\"; use one of requested, approved, active, expired, revoked, denied, failed, cancelled, revoke_failed"
+            "unknown grant state \"deneid\"; use one of requested, approved, active, expired, revoked, denied, failed, cancelled, revoke_failed, auto_approved, renewed"
         ),
         "{p}"
     );
@@ -990,4 +990,174 @@ fn new_policy_keys_load_and_their_problems_name_the_line() {
         assert_eq!((p.key.as_str(), p.line), (key, Some(line)), "{with}: {p}");
         assert!(p.why.contains(why), "{with}: {p}");
     }
+}
+
+#[test]
+fn a_reopen_never_approves_even_into_an_approve_status() {
+    // An administrator listed "Reopened" as an approval status: a reopen still grants nothing.
+    let text = one_mapping(
+        r#"approve = { status = ["Approved"] }"#,
+        r#"approve = { status = ["Approved", "Reopened"], event = ["reopened"] }"#,
+    );
+    let set = load(&[("m.toml", &text)]).unwrap();
+    let m = set.get("helpdesk-local-admin").unwrap();
+    let moved = |kind: EventKind, from: Option<&str>, to: &str| {
+        let mut e = jira_event();
+        e.kind = kind;
+        e.status_change = Some(StatusChange {
+            from: from.map(str::to_owned),
+            to: to.into(),
+        });
+        e
+    };
+    // (event, expected trigger, why)
+    let cases = [
+        (
+            moved(EventKind::Updated, Some("Done"), "Reopened"),
+            None,
+            "out of a revoke status",
+        ),
+        (
+            moved(EventKind::Updated, Some("declined"), "Approved"),
+            None,
+            "out of a deny status",
+        ),
+        (
+            moved(EventKind::Reopened, None, "Approved"),
+            None,
+            "a reopened event",
+        ),
+        (
+            moved(EventKind::Reopened, Some("Waiting"), "Reopened"),
+            None,
+            "reopened kind wins",
+        ),
+        (
+            moved(EventKind::Updated, Some("Waiting"), "Reopened"),
+            Some(Trigger::Approve),
+            "a listed status reached from an open one",
+        ),
+        (
+            moved(EventKind::Updated, Some("Waiting for approval"), "Approved"),
+            Some(Trigger::Approve),
+            "an ordinary approval",
+        ),
+        (
+            moved(EventKind::Updated, Some("In Progress"), "Done"),
+            Some(Trigger::Revoke),
+            "ending still ends",
+        ),
+    ];
+    for (event, want, why) in cases {
+        assert_eq!(m.trigger(&event), want, "{why}");
+    }
+    assert!(m.is_reopen(&moved(EventKind::Updated, Some("CANCELLED"), "In Progress")));
+}
+
+#[test]
+fn auto_approve_and_lifetime_keys_load_with_defaults() {
+    let set = design_set();
+    let m = set.get("helpdesk-local-admin").unwrap();
+    assert!(m.auto_approve().is_none(), "off unless configured");
+    assert!(m.revokes_on_withdrawn_approval(), "on by default");
+
+    let text = one_mapping(
+        "[mapping.policy]",
+        "[mapping.auto_approve]\nenabled = true\ncondition = 'fields.customfield_10070 == \"30m\"'\nscopes = [\"local-admin\"]\nmax_duration = \"1h\"\n\n[mapping.policy]",
+    )
+    .replacen(
+        r#"revoke  = { status = ["Done", "Cancelled"] }"#,
+        "revoke  = { status = [\"Done\", \"Cancelled\"] }\nrevoke_on_withdrawn_approval = false",
+        1,
+    );
+    let set = load(&[("m.toml", &text)]).unwrap();
+    let m = set.get("helpdesk-local-admin").unwrap();
+    let auto = m.auto_approve().expect("enabled");
+    assert_eq!(auto.max_duration(), SignedDuration::from_hours(1));
+    assert!(auto.allows_scope("local-admin"));
+    assert!(!m.revokes_on_withdrawn_approval());
+}
+
+#[test]
+fn bad_auto_approve_tables_are_problems_at_their_key() {
+    let cases = [
+        (
+            "condition = '('\nscopes = [\"app:*\"]",
+            "mapping[0].auto_approve.condition",
+            "does not compile",
+        ),
+        (
+            "condition = 'true'",
+            "mapping[0].auto_approve.scopes",
+            "list the scopes",
+        ),
+        (
+            "condition = 'true'\nscopes = [\"app:*\"]\nmax_duration = \"8h\"",
+            "mapping[0].auto_approve.max_duration",
+            "longer than grant.max_duration",
+        ),
+        (
+            "condition = 'true'\nscopes = [\"app:*\"]\nwhatever = 1",
+            "mapping[0].auto_approve.whatever",
+            "unknown field",
+        ),
+    ];
+    for (table, key, needle) in cases {
+        let text = one_mapping(
+            "[mapping.policy]",
+            &format!("[mapping.auto_approve]\nenabled = true\n{table}\n\n[mapping.policy]"),
+        );
+        let p = problems(&text);
+        let p = only(&p);
+        assert_eq!(p.key, key, "{p}");
+        assert!(p.why.contains(needle), "{p}");
+        assert!(p.line.is_some(), "{p}");
+    }
+}
+
+#[test]
+fn notes_have_default_comments_that_a_mapping_may_override_or_turn_off() {
+    let set = design_set();
+    let m = set.get("helpdesk-local-admin").unwrap();
+    let event = jira_event();
+    let spec = m.render_grant(&event).unwrap();
+    let grant = grant_for(&event, &spec, GrantState::Approved);
+    let mut ctx = writeback_context(&grant, None);
+    ctx["auto_approve"] =
+        json!({"mapping": "helpdesk-local-admin", "condition": "true", "max_duration": "1h"});
+    ctx["renewal"] = json!({"approver": "bob@example.com", "capped": true, "max_duration": "4h"});
+    let auto = m.render_note(Note::AutoApproved, &ctx).unwrap().unwrap();
+    assert!(
+        auto.starts_with("Auto-approved by jitbridge: mapping helpdesk-local-admin"),
+        "{auto}"
+    );
+    assert!(auto.contains("no person approved it"), "{auto}");
+    let renewed = m.render_note(Note::Renewed, &ctx).unwrap().unwrap();
+    assert!(
+        renewed.starts_with("Elevation renewed by bob@example.com"),
+        "{renewed}"
+    );
+    assert!(
+        renewed.contains("(capped: at most 4h from the first approval)"),
+        "{renewed}"
+    );
+
+    let text = format!(
+        "{DESIGN_EXAMPLE}auto_approved = {{ comment = \"\" }}\nrenewed = {{ comment = \"More time: {{{{ grant.expires_at }}}}\" }}\n"
+    );
+    let set = load(&[("m.toml", &text)]).unwrap();
+    let m = set.get("helpdesk-local-admin").unwrap();
+    assert_eq!(m.render_note(Note::AutoApproved, &ctx).unwrap(), None);
+    assert_eq!(
+        m.render_note(Note::Renewed, &ctx).unwrap().unwrap(),
+        "More time: 2026-11-26T11:00:01Z"
+    );
+
+    let text = format!("{DESIGN_EXAMPLE}renewed = {{ status = \"Done\" }}\n");
+    let p = problems(&text);
+    assert!(
+        p.iter()
+            .any(|p| p.key == "mapping[0].writeback.renewed.status"),
+        "{p:#?}"
+    );
 }

@@ -13,6 +13,7 @@
 //! fails such a policy rather than skip a rule. In the same spirit, rules that need [`Facts`]
 //! (`hours`, `max_active_per_*`) fail when checked without them.
 
+pub mod auto;
 mod hours;
 
 use std::sync::Arc;

@@ -78,3 +78,231 @@ impl Scheduler {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use jiff::{SignedDuration, Timestamp};
+    use serde_json::json;
+
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::grants::GrantState;
+    use crate::grants::service::{Outcome, ServiceSettings, Wakers};
+    use crate::mapping::{Known, MappingSet};
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{Commit, Store};
+    use crate::ticket::{EventKind, Person, StatusChange, Ticket, TicketEvent};
+
+    const MAPPING: &str = r#"
+[[mapping]]
+name = "m"
+connector = "c"
+when = 'true'
+[mapping.grant]
+subject = "{{ requester.email }}"
+target = "WS-1"
+scope = "local-admin"
+duration = "{{ fields.duration }}"
+max_duration = "3h"
+provider = "p"
+[mapping.on]
+approve = { status = ["Approved"] }
+revoke = { status = ["Done"] }
+"#;
+
+    fn person(email: &str) -> Person {
+        Person {
+            id: Some(email.into()),
+            email: Some(email.into()),
+            name: None,
+        }
+    }
+
+    /// An event on ticket T-1 raised by alice, at `at`, by `actor`, moving it to `to`.
+    fn event(kind: EventKind, at: Timestamp, actor: &str, to: Option<&str>) -> TicketEvent {
+        TicketEvent {
+            connector: "c".into(),
+            kind,
+            ticket: Ticket {
+                id: "1".into(),
+                key: "T-1".into(),
+                status: to.map(str::to_owned),
+                ..Default::default()
+            },
+            requester: Some(person("alice@example.com")),
+            actor: Some(person(actor)),
+            approval: None,
+            status_change: to.map(|t| StatusChange {
+                from: None,
+                to: t.into(),
+            }),
+            occurred_at: at,
+            fields: json!({"duration": "1h"}),
+            payload: json!({"at": at.to_string(), "actor": actor}),
+        }
+    }
+
+    async fn setup() -> (tempfile::TempDir, ManualClock, GrantService, Arc<dyn Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new("2026-11-26T10:00:00Z".parse().unwrap());
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open_with_clock(&dir.path().join("db.sqlite"), Arc::new(clock.clone()))
+                .await
+                .unwrap(),
+        );
+        let known = Known {
+            connectors: vec!["c".into()],
+            providers: vec!["p".into()],
+        };
+        let mappings =
+            MappingSet::from_files(&[(PathBuf::from("m.toml"), MAPPING.to_owned())], &known)
+                .unwrap();
+        let service = GrantService::new(
+            store.clone(),
+            Arc::new(clock.clone()),
+            Arc::new(mappings),
+            Default::default(),
+            Wakers::default(),
+            ServiceSettings {
+                apply_window: SignedDuration::from_secs(30),
+            },
+        );
+        (dir, clock, service, store)
+    }
+
+    /// Marks the ticket's grant active, as the provider worker does after a confirmed apply.
+    async fn activate(store: &Arc<dyn Store>, now: Timestamp) {
+        let mut g = store.live_grant("c", "1", "m").await.unwrap().unwrap();
+        let expected = g.version;
+        g.state = GrantState::Active;
+        g.starts_at = Some(now);
+        g.version += 1;
+        store
+            .commit(Commit {
+                grant: g,
+                expected_version: Some(expected),
+                audit: vec![],
+                jobs: vec![],
+                complete_job: None,
+            })
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_renewed_deadline_is_the_one_the_scheduler_honours() {
+        let (_dir, clock, service, store) = setup().await;
+        let t0 = clock.now();
+        let sec = |s: i64| t0.checked_add(SignedDuration::from_secs(s)).unwrap();
+        service
+            .handle_event(&event(EventKind::Created, t0, "alice@example.com", None))
+            .await
+            .unwrap();
+        let out = service
+            .handle_event(&event(
+                EventKind::Updated,
+                sec(1),
+                "bob@example.com",
+                Some("Approved"),
+            ))
+            .await
+            .unwrap();
+        assert!(matches!(out[..], [Outcome::Approved(_)]), "{out:?}");
+        activate(&store, t0).await;
+        let scheduler = Scheduler::new(service.clone(), Arc::new(Notify::new()));
+
+        // 50 minutes in, carol approves again: one more hour from now.
+        clock.advance(SignedDuration::from_mins(50));
+        let renewal = event(
+            EventKind::Updated,
+            clock.now(),
+            "carol@example.com",
+            Some("Approved"),
+        );
+        let out = service.handle_event(&renewal).await.unwrap();
+        assert!(matches!(out[..], [Outcome::Renewed(_)]), "{out:?}");
+        let g = store.live_grant("c", "1", "m").await.unwrap().unwrap();
+        assert_eq!(g.expires_at, Some(sec(50 * 60 + 3600)));
+        assert_eq!(g.state, GrantState::Active);
+
+        // The same event again is a replay: nothing moves.
+        let out = service.handle_event(&renewal).await.unwrap();
+        assert!(
+            matches!(&out[..], [Outcome::Ignored(why)] if why.contains("replay")),
+            "{out:?}"
+        );
+
+        // The first deadline passes: the grant is not due any more.
+        clock.advance(SignedDuration::from_mins(11));
+        scheduler.pass().await.unwrap();
+        let g = store.live_grant("c", "1", "m").await.unwrap().unwrap();
+        assert_eq!(g.state, GrantState::Active, "revoked at the old deadline");
+
+        // The renewed deadline passes: the revoke starts.
+        clock.advance(SignedDuration::from_mins(50));
+        scheduler.pass().await.unwrap();
+        let g = store.live_grant("c", "1", "m").await.unwrap().unwrap();
+        assert_eq!(g.state, GrantState::Expiring);
+    }
+
+    #[tokio::test]
+    async fn renewals_by_the_requester_or_beyond_the_cap_do_not_move_the_deadline() {
+        let (_dir, clock, service, store) = setup().await;
+        let t0 = clock.now();
+        service
+            .handle_event(&event(EventKind::Created, t0, "alice@example.com", None))
+            .await
+            .unwrap();
+        service
+            .handle_event(&event(
+                EventKind::Updated,
+                t0,
+                "bob@example.com",
+                Some("Approved"),
+            ))
+            .await
+            .unwrap();
+        activate(&store, t0).await;
+        let cap = t0.checked_add(SignedDuration::from_hours(3)).unwrap();
+        let mut deadline = t0.checked_add(SignedDuration::from_hours(1)).unwrap();
+        // (minutes since start, approver, the deadline afterwards)
+        let steps: &[(i64, &str, Option<Timestamp>)] = &[
+            (30, "alice@example.com", None), // the requester: refused
+            (
+                59,
+                "bob@example.com",
+                Some(t0.checked_add(SignedDuration::from_mins(119)).unwrap()),
+            ),
+            (
+                118,
+                "carol@example.com",
+                Some(t0.checked_add(SignedDuration::from_mins(178)).unwrap()),
+            ),
+            (170, "bob@example.com", Some(cap)), // capped at 3h from the first approval
+            (175, "carol@example.com", None),    // at the cap: unchanged
+        ];
+        for (minutes, approver, want) in steps {
+            let at = t0.checked_add(SignedDuration::from_mins(*minutes)).unwrap();
+            clock.advance(clock.now().duration_until(at));
+            service
+                .handle_event(&event(
+                    EventKind::Updated,
+                    clock.now(),
+                    approver,
+                    Some("Approved"),
+                ))
+                .await
+                .unwrap();
+            let g = store.live_grant("c", "1", "m").await.unwrap().unwrap();
+            if let Some(w) = want {
+                deadline = *w;
+            }
+            assert_eq!(g.expires_at, Some(deadline), "at +{minutes}m by {approver}");
+            assert!(g.expires_at.unwrap() <= cap);
+            assert_eq!(g.expires_at.unwrap().duration_since(t0), g.duration);
+        }
+    }
+}

@@ -355,9 +355,17 @@ impl Harness {
 
     /// Simulators plus a running daemon with [`Tuning`].
     pub async fn start_tuned(opts: Options, tuning: Tuning) -> Self {
-        let jira = JiraSim::start(JiraSimConfig::default())
-            .await
-            .expect("jira sim");
+        Self::start_full(opts, JiraSimConfig::default(), tuning).await
+    }
+
+    /// A running daemon with the Jira simulator configured by `sim` (e.g. another workflow).
+    pub async fn start_with_sim(opts: Options, sim: JiraSimConfig) -> Self {
+        Self::start_full(opts, sim, Tuning::default()).await
+    }
+
+    /// A running daemon with [`Tuning`] and the Jira simulator configured by `sim`.
+    pub async fn start_full(opts: Options, sim: JiraSimConfig, tuning: Tuning) -> Self {
+        let jira = JiraSim::start(sim).await.expect("jira sim");
         let d = Daemon::start_tuned(
             &[("jira.toml", jira_connector(jira.base_url()))],
             &opts,

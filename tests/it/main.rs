@@ -9,6 +9,7 @@ mod freshservice_flow;
 mod hostile_http;
 mod ingress;
 mod jira_flow;
+mod lifetime_flow;
 mod policy_flow;
 mod resilience;
 mod secrets;

@@ -617,29 +617,7 @@ impl Core {
         let now = Timestamp::now();
         let mut approvals = Vec::new();
         if let Some(spec) = new.approval {
-            for a in &spec.approvers {
-                state.user(a)?;
-            }
-            if spec.approvers.is_empty() || spec.required == 0 {
-                return Err(SimError::InvalidInput(
-                    "an approval needs approvers and required >= 1".into(),
-                ));
-            }
-            approvals.push(Approval {
-                id: state.fresh_id(),
-                name: spec.name,
-                final_decision: Decision::Pending,
-                approvers: spec
-                    .approvers
-                    .into_iter()
-                    .map(|a| (a, Decision::Pending))
-                    .collect(),
-                required: spec.required,
-                approve_transition: spec.approve_transition,
-                decline_transition: spec.decline_transition,
-                created: now,
-                completed: None,
-            });
+            approvals.push(pending_approval(&mut state, spec, now)?);
         }
         let mut fields = Map::new();
         for n in 0..self.null_custom_fields {
@@ -938,6 +916,29 @@ impl Core {
         Ok((approval_id, event))
     }
 
+    /// Adds a new pending approval to the issue (as JSM does when an issue enters an approval
+    /// step again) and runs `transition` as `actor`.
+    pub(crate) async fn request_approval(
+        &self,
+        key: &str,
+        spec: ApprovalSpec,
+        transition: &str,
+        actor: &str,
+    ) -> Result<Option<PendingEvent>, SimError> {
+        let mut state = self.state.lock().await;
+        let idx = state.issue_index(key)?;
+        state.user(actor)?;
+        let now = Timestamp::now();
+        let approval = pending_approval(&mut state, spec, now)?;
+        let issue = state
+            .issues
+            .get_mut(idx)
+            .ok_or_else(|| SimError::UnknownIssue(key.to_owned()))?;
+        issue.approvals.push(approval);
+        issue.updated = now;
+        self.transition_locked(&mut state, idx, transition, actor)
+    }
+
     /// Delivers `event` to every target and records the deliveries.
     pub(crate) async fn emit(&self, event: Option<PendingEvent>) -> Vec<Delivery> {
         let Some(event) = event else {
@@ -1223,6 +1224,22 @@ impl JiraSim {
         Ok(self.outcome(key, None, event).await)
     }
 
+    /// Asks for approval again: a new pending JSM approval from `spec`, then `transition` (by id
+    /// or name) as `actor`, emitting `jira:issue_updated` with the status change.
+    pub async fn request_approval(
+        &self,
+        key: &str,
+        spec: ApprovalSpec,
+        transition: &str,
+        actor: &str,
+    ) -> Result<ActionOutcome, SimError> {
+        let event = self
+            .core
+            .request_approval(key, spec, transition, actor)
+            .await?;
+        Ok(self.outcome(key, None, event).await)
+    }
+
     /// Sets a field as `actor` (emits `jira:issue_updated` with a changelog item).
     pub async fn set_field(
         &self,
@@ -1364,6 +1381,37 @@ impl JiraSim {
     pub async fn shutdown(self) {
         self.server.shutdown().await;
     }
+}
+
+/// A new, undecided approval from `spec`, created at `now`; every approver must be a user.
+fn pending_approval(
+    state: &mut State,
+    spec: ApprovalSpec,
+    now: Timestamp,
+) -> Result<Approval, SimError> {
+    for a in &spec.approvers {
+        state.user(a)?;
+    }
+    if spec.approvers.is_empty() || spec.required == 0 {
+        return Err(SimError::InvalidInput(
+            "an approval needs approvers and required >= 1".into(),
+        ));
+    }
+    Ok(Approval {
+        id: state.fresh_id(),
+        name: spec.name,
+        final_decision: Decision::Pending,
+        approvers: spec
+            .approvers
+            .into_iter()
+            .map(|a| (a, Decision::Pending))
+            .collect(),
+        required: spec.required,
+        approve_transition: spec.approve_transition,
+        decline_transition: spec.decline_transition,
+        created: now,
+        completed: None,
+    })
 }
 
 #[cfg(test)]
