@@ -322,8 +322,9 @@ impl GrantService {
         event: &TicketEvent,
         mapping: &Mapping,
     ) -> Result<Outcome, ServiceError> {
-        let grant = match self.new_grant(event, mapping) {
-            Ok(g) => g,
+        let spec = mapping.render_grant(event).map_err(|e| e.to_string());
+        let mut grant = match &spec {
+            Ok(spec) => self.new_grant_from(event, mapping, spec),
             Err(why) => {
                 return self
                     .ignore(
@@ -335,6 +336,26 @@ impl GrantService {
                     .await;
             }
         };
+        let Ok(spec) = spec else {
+            return Ok(Outcome::Ignored(
+                "unreachable: the grant was rendered".into(),
+            ));
+        };
+        let scope = mapping.policy().resolve_scope(&spec.scope).ok();
+        if let Some(def) = &scope {
+            store_scope_definition(&mut grant, def);
+        }
+        let blockers = self.check_before_approval(event, mapping, &spec).await?;
+        let summary = crate::policy::summary::summary_text(&crate::policy::summary::Summary {
+            subject: &spec.subject,
+            target: &spec.target,
+            scope: scope.as_ref().ok_or(spec.scope.as_str()),
+            duration: spec.duration,
+            asked: spec.capped.then_some(spec.requested),
+            approvers: mapping.policy().who_may_approve(),
+            approvals_needed: mapping.policy().approvals_needed(),
+            blockers: blockers.checks.iter().filter(|c| !c.passed).collect(),
+        });
         let mut rows = Rows::default();
         rows.audit.push(self.audit_for(
             &grant,
@@ -343,12 +364,47 @@ impl GrantService {
             json!({
                 "event": event.kind.as_str(), "subject": grant.subject, "target": grant.target,
                 "scope": grant.scope, "duration_secs": grant.duration.as_secs(),
+                "blocked_by": verdict_json(&blockers).as_array().map(|a| a.iter().filter(|c| c["passed"] == false).cloned().collect::<Vec<_>>()),
             }),
         ));
-        rows.jobs.extend(self.writebacks(mapping, &grant, None));
+        rows.jobs
+            .extend(self.writebacks_with(mapping, &grant, None, Some(&summary)));
         let id = grant.id;
         self.commit(grant, None, rows, None).await?;
         Ok(Outcome::Requested(id))
+    }
+
+    /// The policy rules that can be judged before anyone approved (for the summary comment).
+    async fn check_before_approval(
+        &self,
+        event: &TicketEvent,
+        mapping: &Mapping,
+        spec: &GrantSpec,
+    ) -> Result<Verdict, ServiceError> {
+        let live = if mapping.policy().needs_live_counts() {
+            Some(
+                self.store
+                    .count_live_grants(&spec.subject, &spec.target)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let facts = Facts {
+            now: self.clock.now(),
+            live_for_subject: live.map(|c| c.by_subject),
+            live_for_target: live.map(|c| c.by_target),
+            approvers_from: ApproverSource::Confirmed,
+        };
+        let input = PolicyInput {
+            requester: event.requester.as_ref(),
+            approvers: &[],
+            subject: &spec.subject,
+            target: &spec.target,
+            scope: &spec.scope,
+            duration: spec.duration,
+        };
+        Ok(mapping.check_before_approval(event, &input, &facts))
     }
 
     /// The approval path: confirm with the ITSM, check policy, then approve or deny.
@@ -510,6 +566,7 @@ impl GrantService {
                 approvers: &approvers,
                 subject: &spec.subject,
                 target: &spec.target,
+                scope: &spec.scope,
                 duration: spec.duration,
             },
             &facts,
@@ -523,6 +580,10 @@ impl GrantService {
                 .await;
         }
 
+        // The definition applied is the one in force at approval; revokes reuse it.
+        if let Ok(def) = mapping.policy().resolve_scope(&spec.scope) {
+            store_scope_definition(&mut grant, &def);
+        }
         let mut rows = Rows::default();
         if expected.is_none() {
             rows.audit.push(self.audit_for(
@@ -786,6 +847,7 @@ impl GrantService {
             last_event_at: event.occurred_at,
             context: {
                 let mut ctx = stored_context(event);
+                mapping.annotate(&mut ctx);
                 if let Some(obj) = ctx.as_object_mut() {
                     obj.insert(LAST_EVENT_DIGEST.into(), json!(event_digest(event)));
                 }
@@ -946,18 +1008,40 @@ impl GrantService {
 
     /// The writeback jobs the mapping asks for when `grant` enters its current state.
     fn writebacks(&self, mapping: &Mapping, grant: &Grant, reason: Option<&str>) -> Vec<NewJob> {
+        self.writebacks_with(mapping, grant, reason, None)
+    }
+
+    /// [`Self::writebacks`], with the request's `summary` for templates (`{{ summary }}`): when
+    /// the mapping has no writeback for the state, the summary itself is the comment.
+    fn writebacks_with(
+        &self,
+        mapping: &Mapping,
+        grant: &Grant,
+        reason: Option<&str>,
+        summary: Option<&str>,
+    ) -> Vec<NewJob> {
         let mut ctx = grant.context.clone();
         if let Some(obj) = ctx.as_object_mut() {
             obj.insert("grant".into(), json!({
                 "id": grant.id.to_string(), "subject": grant.subject, "target": grant.target, "scope": grant.scope,
                 "starts_at": grant.starts_at.map(|t| t.to_string()), "expires_at": grant.expires_at.map(|t| t.to_string()),
                 "state": grant.state.as_str(), "provider": grant.provider, "duration": humantime::format_duration(grant.duration.unsigned_abs()).to_string(),
+                "scope_definition": crate::providers::scope_definition(grant),
             }));
             obj.insert("reason".into(), json!(reason.unwrap_or_default()));
+            if let Some(s) = summary {
+                obj.insert("summary".into(), json!(s));
+            }
         }
         let texts = match mapping.render_writeback(grant.state, &ctx) {
             Ok(Some(t)) => t,
-            Ok(None) => return Vec::new(),
+            Ok(None) => match summary {
+                Some(s) => crate::mapping::WritebackTexts {
+                    comment: Some(s.to_owned()),
+                    status: None,
+                },
+                None => return Vec::new(),
+            },
             Err(e) => {
                 tracing::error!(grant = %grant.id, mapping = mapping.name(), error = %e, "writeback template failed; no writeback for this state");
                 return Vec::new();
@@ -1061,6 +1145,17 @@ fn merge_person(delivered: Option<Person>, confirmed: &Person) -> Person {
     }
 }
 
+/// Keeps the resolved scope definition with the grant (in its stored context), so the revoke
+/// carries the definition that was applied even after the allow-list changed.
+fn store_scope_definition(g: &mut Grant, def: &crate::policy::scope::ScopeDefinition) {
+    if let Some(obj) = g.context.as_object_mut() {
+        obj.insert(
+            crate::providers::SCOPE_DEFINITION_KEY.into(),
+            serde_json::to_value(def).unwrap_or_default(),
+        );
+    }
+}
+
 fn apply_spec(g: &mut Grant, spec: &GrantSpec) {
     g.subject = spec.subject.clone();
     g.target = spec.target.clone();
@@ -1145,6 +1240,7 @@ revoke = {{ status = ["Done", "Cancelled"] }}
         let known = Known {
             connectors: vec!["c".into()],
             providers: vec!["p".into()],
+            ..Default::default()
         };
         MappingSet::from_files(&[(PathBuf::from("m.toml"), text)], &known)
             .expect("test mapping loads")

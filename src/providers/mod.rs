@@ -39,6 +39,24 @@ pub struct ProviderCall {
     pub body: serde_json::Value,
 }
 
+/// Key in a grant's stored context holding its resolved scope definition.
+pub const SCOPE_DEFINITION_KEY: &str = "_scope_definition";
+
+/// The grant's scope definition as providers receive it (`grant.scope_definition`): the one
+/// stored with the grant, else the built-in definition of `local-admin` / `driver-install`
+/// (grants recorded before definitions were stored), else `null`.
+pub fn scope_definition(grant: &Grant) -> serde_json::Value {
+    grant
+        .context
+        .get(SCOPE_DEFINITION_KEY)
+        .cloned()
+        .or_else(|| {
+            crate::policy::scope::ScopeDefinition::of_builtin(&grant.scope)
+                .and_then(|d| serde_json::to_value(d).ok())
+        })
+        .unwrap_or(serde_json::Value::Null)
+}
+
 /// The call document for `action` on `grant`.
 pub fn call_for(grant: &Grant, action: ProviderAction) -> ProviderCall {
     let fmt_ts = |t: Option<jiff::Timestamp>| t.map(|t| t.to_string());
@@ -59,6 +77,7 @@ pub fn call_for(grant: &Grant, action: ProviderAction) -> ProviderCall {
                 "subject": grant.subject,
                 "target": grant.target,
                 "scope": grant.scope,
+                "scope_definition": scope_definition(grant),
                 "starts_at": fmt_ts(grant.starts_at.or(grant.approved_at)),
                 "expires_at": fmt_ts(grant.expires_at),
                 "ticket": {
