@@ -525,6 +525,18 @@ groups = ["Help Desk"]
     }
 
     #[test]
+    fn the_shipped_example_map_loads() {
+        let text = include_str!("../identities.toml.example");
+        let m = IdentityMap::parse(Path::new("identities.toml.example"), text, &["jira".into()])
+            .unwrap();
+        assert!(m.has_group("helpdesk-leads"));
+        assert_eq!(
+            m.subject_of("jira", &person(Some("5b10ac8d82e05b22cc7d4ef5"), None)),
+            Some(r"CORPob")
+        );
+    }
+
+    #[test]
     fn templates_see_the_subject_or_null() {
         let m = map();
         let mut ctx = serde_json::json!({

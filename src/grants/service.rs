@@ -1035,12 +1035,13 @@ impl GrantService {
         }
         let texts = match mapping.render_writeback(grant.state, &ctx) {
             Ok(Some(t)) => t,
+            // No text of the mapping's own for this state (an explicit empty one stays silent).
             Ok(None) => match summary {
-                Some(s) => crate::mapping::WritebackTexts {
+                Some(s) if !mapping.writes_back(grant.state) => crate::mapping::WritebackTexts {
                     comment: Some(s.to_owned()),
                     status: None,
                 },
-                None => return Vec::new(),
+                _ => return Vec::new(),
             },
             Err(e) => {
                 tracing::error!(grant = %grant.id, mapping = mapping.name(), error = %e, "writeback template failed; no writeback for this state");

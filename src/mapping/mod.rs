@@ -598,3 +598,6 @@ impl MappingSet {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod scope_tests;

@@ -77,7 +77,7 @@ fn one_mapping(replace: &str, with: &str) -> String {
 
 /// A Jira Service Management approval of an "Elevation Request", as the Jira connector
 /// normalizes it: status moved to Approved, approved by Bob, requested by Alice.
-fn jira_event() -> TicketEvent {
+pub(super) fn jira_event() -> TicketEvent {
     let alice = Person {
         id: Some("5b10a2844c20165700ede21g".into()),
         email: Some("alice@example.com".into()),

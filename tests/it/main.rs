@@ -10,6 +10,7 @@ mod ingress;
 mod jira_flow;
 mod policy_flow;
 mod resilience;
+mod scopes_flow;
 mod secrets;
 mod servicenow_flow;
 mod zendesk_flow;
