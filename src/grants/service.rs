@@ -374,13 +374,13 @@ impl GrantService {
         Ok(Outcome::Requested(id))
     }
 
-    /// The policy rules that can be judged before anyone approved (for the summary comment).
-    async fn check_before_approval(
+    /// The [`Facts`] policy needs now: the clock, and live-grant counts when a limit is set.
+    async fn facts(
         &self,
-        event: &TicketEvent,
         mapping: &Mapping,
         spec: &GrantSpec,
-    ) -> Result<Verdict, ServiceError> {
+        approvers_from: ApproverSource,
+    ) -> Result<Facts, ServiceError> {
         let live = if mapping.policy().needs_live_counts() {
             Some(
                 self.store
@@ -390,12 +390,22 @@ impl GrantService {
         } else {
             None
         };
-        let facts = Facts {
+        Ok(Facts {
             now: self.clock.now(),
             live_for_subject: live.map(|c| c.by_subject),
             live_for_target: live.map(|c| c.by_target),
-            approvers_from: ApproverSource::Confirmed,
-        };
+            approvers_from,
+        })
+    }
+
+    /// The policy rules that can be judged before anyone approved (for the summary comment).
+    async fn check_before_approval(
+        &self,
+        event: &TicketEvent,
+        mapping: &Mapping,
+        spec: &GrantSpec,
+    ) -> Result<Verdict, ServiceError> {
+        let facts = self.facts(mapping, spec, ApproverSource::Confirmed).await?;
         let input = PolicyInput {
             requester: event.requester.as_ref(),
             approvers: &[],
@@ -544,21 +554,7 @@ impl GrantService {
         grant.requester = requester.clone();
         grant.approvers = approvers.clone();
 
-        let live = if mapping.policy().needs_live_counts() {
-            Some(
-                self.store
-                    .count_live_grants(&spec.subject, &spec.target)
-                    .await?,
-            )
-        } else {
-            None
-        };
-        let facts = Facts {
-            now: self.clock.now(),
-            live_for_subject: live.map(|c| c.by_subject),
-            live_for_target: live.map(|c| c.by_target),
-            approvers_from,
-        };
+        let facts = self.facts(mapping, &spec, approvers_from).await?;
         let verdict = mapping.check_policy_at(
             event,
             &PolicyInput {

@@ -228,10 +228,8 @@ impl ScopeCatalog {
             let key = format!("scopes.app.{}", name.get_ref());
             let ok_name = sink.name(&key, name);
             let e = entry.get_ref();
-            let path = sink.path(&key, &e.path);
-            let sha = sink.sha256(&key, &e.sha256);
-            let args = sink.args(&key, &e.args);
-            if let (true, Some(path), Some(sha), Some(args)) = (ok_name, path, sha, args) {
+            let program = sink.program(&key, &e.path, &e.sha256, &e.args);
+            if let (true, Some((path, sha, args))) = (ok_name, program) {
                 catalog.insert(ScopeDefinition {
                     path: Some(path),
                     sha256: Some(sha),
@@ -244,16 +242,14 @@ impl ScopeCatalog {
             let key = format!("scopes.script.{}", name.get_ref());
             let ok_name = sink.name(&key, name);
             let e = entry.get_ref();
-            let path = sink.path(&key, &e.path);
-            let sha = sink.sha256(&key, &e.sha256);
-            let args = sink.args(&key, &e.args);
+            let program = sink.program(&key, &e.path, &e.sha256, &e.args);
             // Absent is fine (Some(None)); present must be valid (None when it is not).
             let interpreter = match &e.interpreter {
                 None => Some(None),
                 Some(i) => sink.interpreter(&key, i).map(Some),
             };
-            if let (true, Some(path), Some(sha), Some(args), Some(interpreter)) =
-                (ok_name, path, sha, args, interpreter)
+            if let (true, Some((path, sha, args)), Some(interpreter)) =
+                (ok_name, program, interpreter)
             {
                 catalog.insert(ScopeDefinition {
                     path: Some(path),
@@ -452,6 +448,21 @@ impl Sink<'_> {
             );
         }
         ok
+    }
+
+    /// The path, hash and arguments an `app:` or `script:` entry pins (all reported, then
+    /// `None` if any is bad).
+    fn program(
+        &mut self,
+        key: &str,
+        path: &Spanned<String>,
+        sha256: &Spanned<String>,
+        args: &[Spanned<String>],
+    ) -> Option<(String, String, Vec<String>)> {
+        let path = self.path(key, path);
+        let sha = self.sha256(key, sha256);
+        let args = self.args(key, args);
+        Some((path?, sha?, args?))
     }
 
     fn path(&mut self, key: &str, path: &Spanned<String>) -> Option<String> {

@@ -111,3 +111,74 @@ pub trait ElevationProvider: Send + Sync {
     /// Removes the privilege. Idempotent per `call.webhook_id`; removing what is not there succeeds.
     async fn revoke(&self, call: &ProviderCall) -> Result<(), ProviderError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::scope::{ScopeDefinition, ScopeKind};
+
+    fn grant(scope: &str, context: serde_json::Value) -> Grant {
+        Grant {
+            id: uuid::Uuid::nil(),
+            ticket: crate::ticket::TicketRef {
+                connector: "jira".into(),
+                id: "1".into(),
+                key: "ACCESS-1".into(),
+                url: None,
+            },
+            mapping: "m".into(),
+            state: crate::grants::GrantState::Approved,
+            subject: "alice@example.com".into(),
+            target: "WS-1".into(),
+            scope: scope.into(),
+            provider: "p".into(),
+            duration: jiff::SignedDuration::from_hours(1),
+            requester: None,
+            approvers: Vec::new(),
+            requested_at: jiff::Timestamp::UNIX_EPOCH,
+            approved_at: None,
+            starts_at: None,
+            expires_at: None,
+            ended_at: None,
+            revoke_cause: None,
+            reason: None,
+            last_event_at: jiff::Timestamp::UNIX_EPOCH,
+            context,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn calls_carry_the_stored_scope_definition() {
+        let def = ScopeDefinition {
+            kind: ScopeKind::App,
+            name: "7zip".into(),
+            path: Some("/usr/bin/7z".into()),
+            sha256: Some("ab".repeat(32)),
+            args: vec!["x".into()],
+            interpreter: None,
+            service: None,
+            actions: Vec::new(),
+        };
+        let g = grant(
+            "app:7zip",
+            serde_json::json!({ SCOPE_DEFINITION_KEY: serde_json::to_value(&def).unwrap() }),
+        );
+        for action in [ProviderAction::Apply, ProviderAction::Revoke] {
+            let body = call_for(&g, action).body;
+            assert_eq!(body["grant"]["scope"], "app:7zip");
+            assert_eq!(body["grant"]["scope_definition"]["sha256"], "ab".repeat(32));
+            assert_eq!(body["grant"]["scope_definition"]["path"], "/usr/bin/7z");
+        }
+    }
+
+    #[test]
+    fn grants_stored_before_definitions_get_the_built_in_one_or_null() {
+        let old = grant("local-admin", serde_json::json!({}));
+        let body = call_for(&old, ProviderAction::Revoke).body;
+        assert_eq!(body["grant"]["scope_definition"]["kind"], "local-admin");
+        assert!(body["grant"]["scope_definition"]["path"].is_null());
+        let unknown = grant("app:gone", serde_json::Value::Null);
+        assert!(scope_definition(&unknown).is_null());
+    }
+}

@@ -332,3 +332,25 @@ map = "identities.toml"
         assert!(err.contains(needle), "{needle:?} missing in:\n{err}");
     }
 }
+
+#[tokio::test]
+async fn an_empty_requested_writeback_silences_the_summary() {
+    let mut opts = options("");
+    opts.mapping = opts.mapping.replacen(
+        "[mapping.writeback]\n",
+        "[mapping.writeback]\nrequested = { comment = \"\" }\n",
+        1,
+    );
+    let h = Harness::start_with(opts).await;
+    let key = raise(&h, None, "WS-0208", &[BOB]).await;
+    h.wait_state(&key, GrantState::Requested).await;
+    h.jira.approve(&key, BOB).await.expect("approve");
+    h.wait_state(&key, GrantState::Active).await;
+    let comments = h.wait_comment(&key, "Local admin granted").await;
+    assert!(
+        comments
+            .iter()
+            .all(|c| !c.contains("Elevation request received.")),
+        "{comments:?}"
+    );
+}
