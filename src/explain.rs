@@ -110,6 +110,7 @@ fn explain_event(mappings: &MappingSet, event: TicketEvent) -> EventExplanation 
                     approvers: &approvers,
                     subject: &spec.subject,
                     target: &spec.target,
+                    scope: &spec.scope,
                     duration: spec.duration,
                 },
                 &crate::policy::Facts {

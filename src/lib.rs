@@ -14,6 +14,7 @@ pub mod connectors; // one folder per ITSM: verify, parse, confirm, write back
 pub mod explain; // dry run of a payload through parser, mappings and policy
 pub mod grants; // the grant state machine and the service that drives it
 pub mod http; // JSON error bodies shared by every endpoint
+pub mod identity; // the identity map: ITSM accounts -> directory subjects and groups
 pub mod inbox; // drains the inbox: parse deliveries, hand events to the grant service
 pub mod ingress; // POST /webhooks/{connector}: authenticate, dedupe, commit to the inbox
 pub mod mapping; // admin mapping files: ticket event -> grant intent

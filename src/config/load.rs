@@ -66,6 +66,10 @@ pub fn load(
         }
     }
 
+    let connector_ids: Vec<String> = raw_connectors.iter().map(|(_, c)| c.id.clone()).collect();
+    let policy_files =
+        read_policy_files(file, &text, &base_dir, &raw, &connector_ids, &mut problems);
+
     match validate(
         file,
         &base_dir,
@@ -73,6 +77,7 @@ pub fn load(
         &raw_connectors,
         &mapping_files,
         secrets,
+        &policy_files,
     ) {
         Ok(cfg) if problems.is_empty() => Ok(cfg),
         Ok(_) => Err(Problems(problems)),
@@ -80,6 +85,64 @@ pub fn load(
             problems.extend(more);
             Err(Problems(problems))
         }
+    }
+}
+
+/// The scope allow-list and the identity map: what mappings' policies compare against.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyFiles {
+    /// `[scopes]` of `jitbridge.toml`.
+    pub scopes: Arc<crate::policy::scope::ScopeCatalog>,
+    /// The file named by `[identity] map` (empty when none is configured).
+    pub identities: Arc<crate::identity::IdentityMap>,
+}
+
+/// Reads `[scopes]` from the main file's text and the identity map file, reporting problems.
+fn read_policy_files(
+    file: &Path,
+    text: &str,
+    base_dir: &Path,
+    raw: &RawConfig,
+    connectors: &[String],
+    problems: &mut Vec<Problem>,
+) -> PolicyFiles {
+    let scopes = crate::policy::scope::ScopeCatalog::from_config_text(file, text)
+        .map_err(|ps| problems.extend(ps))
+        .unwrap_or_default();
+    let identities = match raw.identity.map.as_deref().map(str::trim) {
+        None => crate::identity::IdentityMap::default(),
+        Some("") => {
+            problems.push(Problem::new(
+                file,
+                "identity.map",
+                "is empty; name the identity map file (e.g. \"identities.toml\") or remove the key",
+            ));
+            crate::identity::IdentityMap::default()
+        }
+        Some(name) => {
+            let path = base_dir.join(name);
+            match std::fs::read_to_string(&path) {
+                Ok(t) => crate::identity::IdentityMap::parse(&path, &t, connectors)
+                    .map_err(|ps| problems.extend(ps))
+                    .unwrap_or_default(),
+                Err(e) => {
+                    problems.push(Problem::new(
+                        file,
+                        "identity.map",
+                        format!(
+                            "cannot read the identity map {}: {e}; create it (see \
+                             identities.toml.example) or remove the key",
+                            path.display()
+                        ),
+                    ));
+                    crate::identity::IdentityMap::default()
+                }
+            }
+        }
+    };
+    PolicyFiles {
+        scopes: Arc::new(scopes),
+        identities: Arc::new(identities),
     }
 }
 
@@ -186,6 +249,7 @@ pub fn validate(
     raw_connectors: &[(PathBuf, RawConnector)],
     mapping_files: &[(PathBuf, String)],
     secrets: &dyn SecretSource,
+    policy_files: &PolicyFiles,
 ) -> Result<Config, Problems> {
     let mut problems = Vec::new();
     let dur = |key: &str, text: &str, problems: &mut Vec<Problem>| -> Duration {
@@ -332,6 +396,8 @@ pub fn validate(
     let known = Known {
         connectors: raw_connectors.iter().map(|(_, c)| c.id.clone()).collect(),
         providers: raw.providers.keys().cloned().collect(),
+        scopes: policy_files.scopes.clone(),
+        identities: policy_files.identities.clone(),
     };
     let mappings = match MappingSet::from_files(mapping_files, &known) {
         Ok(m) => m,
@@ -470,7 +536,7 @@ mod tests {
     fn server_problems(text: &str) -> Vec<Problem> {
         let file = Path::new("jitbridge.toml");
         let raw = parse_main(file, text, &HashMap::new()).expect("parses");
-        match validate(file, Path::new("."), &raw, &[], &[], &MapSecrets::default()) {
+        match validate(file, Path::new("."), &raw, &[], &[], &MapSecrets::default(), &PolicyFiles::default()) {
             Ok(_) => Vec::new(),
             Err(Problems(all)) => all
                 .into_iter()
@@ -484,7 +550,7 @@ mod tests {
         let file = Path::new("jitbridge.toml");
         let raw = parse_main(file, "", &HashMap::new()).unwrap();
         let secrets = MapSecrets::default();
-        let config = validate(file, Path::new("."), &raw, &[], &[], &secrets).expect("valid");
+        let config = validate(file, Path::new("."), &raw, &[], &[], &secrets, &PolicyFiles::default()).expect("valid");
         assert_eq!(config.server.header_timeout, Duration::from_secs(10));
         assert_eq!(config.server.request_timeout, Duration::from_secs(10));
         assert_eq!(config.server.max_connections, 1024);

@@ -24,6 +24,21 @@ pub struct RawConfig {
     pub providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
     pub workers: RawWorkers,
+    /// `[scopes.app|script|service.<name>]`: the allow-list, validated with its spans by
+    /// [`crate::policy::scope::ScopeCatalog::from_config_text`] (so only accepted here).
+    #[serde(default)]
+    pub scopes: Option<serde::de::IgnoredAny>,
+    /// `[identity]`: the identity map file.
+    #[serde(default)]
+    pub identity: RawIdentity,
+}
+
+/// `[identity]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawIdentity {
+    /// The identity map file (`identities.toml`), relative to this file; none: no map.
+    pub map: Option<String>,
 }
 
 /// `[server]`: the webhook listener.

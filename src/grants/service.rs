@@ -357,8 +357,9 @@ impl GrantService {
         event: &TicketEvent,
         mapping: &Mapping,
     ) -> Result<Outcome, ServiceError> {
-        let grant = match self.new_grant(event, mapping) {
-            Ok(g) => g,
+        let spec = mapping.render_grant(event).map_err(|e| e.to_string());
+        let mut grant = match &spec {
+            Ok(spec) => self.new_grant_from(event, mapping, spec),
             Err(why) => {
                 return self
                     .ignore(
@@ -370,6 +371,26 @@ impl GrantService {
                     .await;
             }
         };
+        let Ok(spec) = spec else {
+            return Ok(Outcome::Ignored(
+                "unreachable: the grant was rendered".into(),
+            ));
+        };
+        let scope = mapping.policy().resolve_scope(&spec.scope).ok();
+        if let Some(def) = &scope {
+            store_scope_definition(&mut grant, def);
+        }
+        let blockers = self.check_before_approval(event, mapping, &spec).await?;
+        let summary = crate::policy::summary::summary_text(&crate::policy::summary::Summary {
+            subject: &spec.subject,
+            target: &spec.target,
+            scope: scope.as_ref().ok_or(spec.scope.as_str()),
+            duration: spec.duration,
+            asked: spec.capped.then_some(spec.requested),
+            approvers: mapping.policy().who_may_approve(),
+            approvals_needed: mapping.policy().approvals_needed(),
+            blockers: blockers.checks.iter().filter(|c| !c.passed).collect(),
+        });
         let mut rows = Rows::default();
         rows.audit.push(self.audit_for(
             &grant,
@@ -378,12 +399,57 @@ impl GrantService {
             json!({
                 "event": event.kind.as_str(), "subject": grant.subject, "target": grant.target,
                 "scope": grant.scope, "duration_secs": grant.duration.as_secs(),
+                "blocked_by": verdict_json(&blockers).as_array().map(|a| a.iter().filter(|c| c["passed"] == false).cloned().collect::<Vec<_>>()),
             }),
         ));
-        rows.jobs.extend(self.writebacks(mapping, &grant, None));
+        rows.jobs
+            .extend(self.writebacks_with(mapping, &grant, None, Some(&summary)));
         let id = grant.id;
         self.commit(grant, None, rows, None).await?;
         Ok(Outcome::Requested(id))
+    }
+
+    /// The [`Facts`] policy needs now: the clock, and live-grant counts when a limit is set.
+    async fn facts(
+        &self,
+        mapping: &Mapping,
+        spec: &GrantSpec,
+        approvers_from: ApproverSource,
+    ) -> Result<Facts, ServiceError> {
+        let live = if mapping.policy().needs_live_counts() {
+            Some(
+                self.store
+                    .count_live_grants(&spec.subject, &spec.target)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        Ok(Facts {
+            now: self.clock.now(),
+            live_for_subject: live.map(|c| c.by_subject),
+            live_for_target: live.map(|c| c.by_target),
+            approvers_from,
+        })
+    }
+
+    /// The policy rules that can be judged before anyone approved (for the summary comment).
+    async fn check_before_approval(
+        &self,
+        event: &TicketEvent,
+        mapping: &Mapping,
+        spec: &GrantSpec,
+    ) -> Result<Verdict, ServiceError> {
+        let facts = self.facts(mapping, spec, ApproverSource::Confirmed).await?;
+        let input = PolicyInput {
+            requester: event.requester.as_ref(),
+            approvers: &[],
+            subject: &spec.subject,
+            target: &spec.target,
+            scope: &spec.scope,
+            duration: spec.duration,
+        };
+        Ok(mapping.check_before_approval(event, &input, &facts))
     }
 
     /// The approval path: confirm with the ITSM, check policy, then approve or deny.
@@ -599,23 +665,11 @@ impl GrantService {
             ctx.insert(AUTO_APPROVED.into(), json!(true));
         }
 
-        let counts = if mapping.policy().needs_live_counts() {
-            Some(
-                self.store
-                    .count_live_grants(&spec.subject, &spec.target)
-                    .await?,
-            )
-        } else {
-            None
-        };
+        let mut facts = self.facts(mapping, &spec, approvers_from).await?;
         // A renewed grant is live already: it does not count against its own renewal.
         let own = u64::from(renewing);
-        let facts = Facts {
-            now: self.clock.now(),
-            live_for_subject: counts.map(|c| c.by_subject.saturating_sub(own)),
-            live_for_target: counts.map(|c| c.by_target.saturating_sub(own)),
-            approvers_from,
-        };
+        facts.live_for_subject = facts.live_for_subject.map(|n| n.saturating_sub(own));
+        facts.live_for_target = facts.live_for_target.map(|n| n.saturating_sub(own));
         let verdict = mapping.check_policy_at(
             event,
             &PolicyInput {
@@ -623,6 +677,7 @@ impl GrantService {
                 approvers: &approvers,
                 subject: &spec.subject,
                 target: &spec.target,
+                scope: &spec.scope,
                 duration: spec.duration,
             },
             &facts,
@@ -655,6 +710,10 @@ impl GrantService {
                 .await;
         }
 
+        // The definition applied is the one in force at approval; revokes reuse it.
+        if let Ok(def) = mapping.policy().resolve_scope(&spec.scope) {
+            store_scope_definition(&mut grant, &def);
+        }
         let mut rows = Rows::default();
         if expected.is_none() {
             rows.audit.push(self.audit_for(
@@ -942,6 +1001,7 @@ impl GrantService {
             last_event_at: event.occurred_at,
             context: {
                 let mut ctx = stored_context(event);
+                mapping.annotate(&mut ctx);
                 if let Some(obj) = ctx.as_object_mut() {
                     obj.insert(LAST_EVENT_DIGEST.into(), json!(event_digest(event)));
                 }
@@ -1106,10 +1166,32 @@ impl GrantService {
 
     /// The writeback jobs the mapping asks for when `grant` enters its current state.
     fn writebacks(&self, mapping: &Mapping, grant: &Grant, reason: Option<&str>) -> Vec<NewJob> {
-        let ctx = grant_writeback_context(grant, reason);
+        self.writebacks_with(mapping, grant, reason, None)
+    }
+
+    /// [`Self::writebacks`], with the request's `summary` for templates (`{{ summary }}`): when
+    /// the mapping has no writeback for the state, the summary itself is the comment.
+    fn writebacks_with(
+        &self,
+        mapping: &Mapping,
+        grant: &Grant,
+        reason: Option<&str>,
+        summary: Option<&str>,
+    ) -> Vec<NewJob> {
+        let mut ctx = grant_writeback_context(grant, reason);
+        if let (Some(obj), Some(s)) = (ctx.as_object_mut(), summary) {
+            obj.insert("summary".into(), json!(s));
+        }
         let texts = match mapping.render_writeback(grant.state, &ctx) {
             Ok(Some(t)) => t,
-            Ok(None) => return Vec::new(),
+            // No text of the mapping's own for this state (an explicit empty one stays silent).
+            Ok(None) => match summary {
+                Some(s) if !mapping.writes_back(grant.state) => crate::mapping::WritebackTexts {
+                    comment: Some(s.to_owned()),
+                    status: None,
+                },
+                _ => return Vec::new(),
+            },
             Err(e) => {
                 tracing::error!(grant = %grant.id, mapping = mapping.name(), error = %e, "writeback template failed; no writeback for this state");
                 return Vec::new();
@@ -1376,6 +1458,7 @@ fn grant_writeback_context(grant: &Grant, reason: Option<&str>) -> serde_json::V
             "id": grant.id.to_string(), "subject": grant.subject, "target": grant.target, "scope": grant.scope,
             "starts_at": grant.starts_at.map(|t| t.to_string()), "expires_at": grant.expires_at.map(|t| t.to_string()),
             "state": grant.state.as_str(), "provider": grant.provider, "duration": humantime::format_duration(grant.duration.unsigned_abs()).to_string(),
+            "scope_definition": crate::providers::scope_definition(grant),
         }));
         obj.insert("reason".into(), json!(reason.unwrap_or_default()));
     }
@@ -1454,6 +1537,17 @@ fn merge_person(delivered: Option<Person>, confirmed: &Person) -> Person {
         id: confirmed.id.clone().or(d.id),
         email: confirmed.email.clone().or(d.email),
         name: confirmed.name.clone().or(d.name),
+    }
+}
+
+/// Keeps the resolved scope definition with the grant (in its stored context), so the revoke
+/// carries the definition that was applied even after the allow-list changed.
+fn store_scope_definition(g: &mut Grant, def: &crate::policy::scope::ScopeDefinition) {
+    if let Some(obj) = g.context.as_object_mut() {
+        obj.insert(
+            crate::providers::SCOPE_DEFINITION_KEY.into(),
+            serde_json::to_value(def).unwrap_or_default(),
+        );
     }
 }
 
@@ -1557,6 +1651,7 @@ revoke = {{ status = ["Done", "Cancelled"] }}
         let known = Known {
             connectors: vec!["c".into()],
             providers: vec!["p".into()],
+            ..Default::default()
         };
         MappingSet::from_files(&[(PathBuf::from("m.toml"), text)], &known)
             .expect("test mapping loads")

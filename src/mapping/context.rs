@@ -9,7 +9,8 @@ use crate::ticket::{Approval, Person, TicketEvent};
 
 fn person(p: Option<&Person>) -> Value {
     match p {
-        Some(p) => json!({ "id": p.id, "email": p.email, "name": p.name }),
+        // `subject` is the identity map's directory account; the mapping fills it in.
+        Some(p) => json!({ "id": p.id, "email": p.email, "name": p.name, "subject": null }),
         None => Value::Null,
     }
 }

@@ -236,7 +236,11 @@ fn build(site: &mut Site<'_>, raw: RawMapping, known: &Known) -> Option<Mapping>
     let policy = match &raw.policy {
         None => Some(Policy::default()),
         Some(table) => build_policy(site, table, max_duration),
-    };
+    }
+    .map(|p| p.bind(known.scopes.clone(), known.identities.clone(), &connector));
+    if let Some(policy) = &policy {
+        check_scopes_and_groups(site, &raw, policy, known);
+    }
 
     let auto_approve = match (&raw.auto_approve, max_duration) {
         (None, _) => Some(None),
@@ -360,7 +364,71 @@ fn build(site: &mut Site<'_>, raw: RawMapping, known: &Known) -> Option<Mapping>
             .revoke_on_withdrawn_approval
             .unwrap_or(true),
         revoke_on_reassign: raw.on.get_ref().revoke_on_reassign.unwrap_or(false),
+        identities: known.identities.clone(),
     })
+}
+
+/// What only the whole configuration can tell: a literal `grant.scope` must be one the policy
+/// allows and the allow-list defines, every literal `scopes` entry must be defined, and every
+/// `group:` approver must be a group of the identity map.
+fn check_scopes_and_groups(site: &mut Site<'_>, raw: &RawMapping, policy: &Policy, known: &Known) {
+    use crate::policy::scope::is_literal;
+    let listed = || {
+        let names = known.scopes.names();
+        if names.is_empty() {
+            "the allow-list is empty; add a [scopes.app.<name>], [scopes.script.<name>] or \
+             [scopes.service.<name>] table to jitbridge.toml"
+                .to_owned()
+        } else {
+            format!("defined: {}", names.join(", "))
+        }
+    };
+    let scope = &raw.grant.scope;
+    let text = scope.get_ref().trim();
+    if !text.contains("{{") && !text.contains("{%") {
+        if let Err(why) = known.scopes.resolve(text) {
+            site.report(T_SCOPE, Some(scope.span()), format!("{why}; {}", listed()));
+        } else if !policy.allows_scope(text) {
+            site.report(
+                T_SCOPE,
+                Some(scope.span()),
+                format!(
+                    "{text} is not among the scopes this mapping's policy allows ({}); add it to \
+                     [mapping.policy] scopes",
+                    policy.scope_patterns().join(", ")
+                ),
+            );
+        }
+    }
+    let table = raw.policy.as_ref();
+    if let Some(entries) = table.and_then(|t| t.get_ref().scopes.as_ref()) {
+        for (i, entry) in entries.iter().enumerate() {
+            let e = entry.get_ref().trim();
+            if e != "*" && is_literal(e) && known.scopes.resolve(e).is_err() {
+                site.report(
+                    &format!("policy.scopes[{i}]"),
+                    Some(entry.span()),
+                    format!(
+                        "{e} is not in the allow-list [scopes] of jitbridge.toml; {}",
+                        listed()
+                    ),
+                );
+            }
+        }
+    }
+    for (i, group) in policy.approver_groups() {
+        if !known.identities.has_group(group) {
+            let span = table.and_then(|t| t.get_ref().span("approvers", Some(i)));
+            site.report(
+                &format!("policy.approvers[{i}]"),
+                span,
+                format!(
+                    "group {group:?} is not listed in the identity map ([identity] map in \
+                     jitbridge.toml); add groups = [\"{group}\"] to its members' [[person]] entries"
+                ),
+            );
+        }
+    }
 }
 
 /// Compiles one template into the mapping's environment, reporting a syntax error at its line.

@@ -37,6 +37,10 @@ pub struct Known {
     pub connectors: Vec<String>,
     /// Provider names (`[providers.<name>]`).
     pub providers: Vec<String>,
+    /// The scope allow-list (`[scopes]` of `jitbridge.toml`); empty: only built-in scopes.
+    pub scopes: Arc<crate::policy::scope::ScopeCatalog>,
+    /// The identity map (`[identity] map`); empty: people compared by ITSM ids and e-mails.
+    pub identities: Arc<crate::identity::IdentityMap>,
 }
 
 /// Grant states a `[mapping.writeback]` table may name: the states a person reading the ticket
@@ -271,6 +275,7 @@ pub struct Mapping {
     auto_approve: Option<AutoApprove>,
     revoke_on_withdrawn_approval: bool,
     revoke_on_reassign: bool,
+    identities: Arc<crate::identity::IdentityMap>,
 }
 
 impl std::fmt::Debug for Mapping {
@@ -342,7 +347,7 @@ impl Mapping {
     /// Evaluates `when` against the event. A CEL error or a non-boolean result is an error the
     /// caller treats as "no match".
     pub fn matches(&self, event: &TicketEvent) -> Result<bool, MappingError> {
-        let context = template_context(event);
+        let context = self.context(event);
         self.matches_with(&CelVariables::new(&context))
     }
 
@@ -441,7 +446,7 @@ impl Mapping {
     /// sees the same names as `when`, but without [`Facts`]: a dry run, in which `hours` and
     /// `max_active_per_*` cannot pass. The engine uses [`Mapping::check_policy_at`].
     pub fn check_policy(&self, event: &TicketEvent, input: &PolicyInput<'_>) -> Verdict {
-        crate::policy::check_in_context(&self.policy, input, Some(&template_context(event)))
+        crate::policy::check_in_context(&self.policy, input, Some(&self.context(event)))
     }
 
     /// Runs this mapping's whole policy for an approval of `event` with the [`Facts`] of the
@@ -453,13 +458,43 @@ impl Mapping {
         input: &PolicyInput<'_>,
         facts: &Facts,
     ) -> Verdict {
-        crate::policy::check_at(&self.policy, input, facts, Some(&template_context(event)))
+        crate::policy::check_at(&self.policy, input, facts, Some(&self.context(event)))
+    }
+
+    /// The rules that can already be judged when the ticket is raised (see
+    /// [`crate::policy::check_before_approval`]): what would block this request now.
+    pub fn check_before_approval(
+        &self,
+        event: &TicketEvent,
+        input: &PolicyInput<'_>,
+        facts: &Facts,
+    ) -> Verdict {
+        crate::policy::check_before_approval(&self.policy, input, facts, Some(&self.context(event)))
+    }
+
+    /// The event's template context with each person's directory `subject` from the identity
+    /// map (`null` when unmapped).
+    pub fn context(&self, event: &TicketEvent) -> serde_json::Value {
+        let mut context = template_context(event);
+        self.identities.annotate(&self.connector, &mut context);
+        context
+    }
+
+    /// Adds the identity map's `subject` to each person of a context built elsewhere (the
+    /// context stored with a grant).
+    pub fn annotate(&self, context: &mut serde_json::Value) {
+        self.identities.annotate(&self.connector, context);
+    }
+
+    /// True when the mapping writes something back when a grant enters `state`.
+    pub fn writes_back(&self, state: GrantState) -> bool {
+        self.writeback.contains_key(&state)
     }
 
     /// Renders the grant for this event. Subject, target and scope must be non-empty after
     /// trimming; the duration must parse and be positive, and is capped at `max_duration`.
     pub fn render_grant(&self, event: &TicketEvent) -> Result<GrantSpec, MappingError> {
-        self.render_grant_with(&template_context(event))
+        self.render_grant_with(&self.context(event))
     }
 
     fn render_grant_with(&self, context: &serde_json::Value) -> Result<GrantSpec, MappingError> {
@@ -628,7 +663,10 @@ impl MappingSet {
     /// engine. For each: whether `when` matched (or why it could not tell), and for a match the
     /// `on` rule fired and the rendered grant. The event's context is built once for all.
     pub fn evaluate(&self, event: &TicketEvent) -> Vec<Evaluation> {
-        let context = template_context(event);
+        let mut context = template_context(event);
+        if let Some(m) = self.for_connector(&event.connector).next() {
+            m.annotate(&mut context);
+        }
         let vars = CelVariables::new(&context);
         self.for_connector(&event.connector)
             .map(|m| {
@@ -654,3 +692,6 @@ impl MappingSet {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod scope_tests;

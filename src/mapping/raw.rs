@@ -114,6 +114,8 @@ pub(super) struct RawPolicy {
     pub approvers: Vec<Spanned<String>>,
     #[serde(default)]
     pub min_approvals: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub scopes: Option<Vec<Spanned<String>>>,
 }
 
 impl RawPolicy {
@@ -131,6 +133,7 @@ impl RawPolicy {
             max_active_per_target: self.max_active_per_target.as_ref().map(|n| *n.get_ref()),
             approvers: list(&self.approvers),
             min_approvals: self.min_approvals.as_ref().map(|n| *n.get_ref()),
+            scopes: self.scopes.as_deref().map(list),
         }
     }
 
@@ -142,6 +145,7 @@ impl RawPolicy {
             "targets" => entry(&self.targets),
             "hours" => entry(&self.hours),
             "approvers" => entry(&self.approvers),
+            "scopes" => self.scopes.as_deref().and_then(entry),
             "condition" => self.condition.as_ref().map(Spanned::span),
             "min_duration" => self.min_duration.as_ref().map(Spanned::span),
             "max_active_per_subject" => self.max_active_per_subject.as_ref().map(Spanned::span),

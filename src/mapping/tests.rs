@@ -48,6 +48,7 @@ fn known() -> Known {
     Known {
         connectors: vec!["jira".into(), "servicenow".into()],
         providers: vec!["endpoint-agent".into(), "script".into()],
+        ..Default::default()
     }
 }
 
@@ -76,7 +77,7 @@ fn one_mapping(replace: &str, with: &str) -> String {
 
 /// A Jira Service Management approval of an "Elevation Request", as the Jira connector
 /// normalizes it: status moved to Approved, approved by Bob, requested by Alice.
-fn jira_event() -> TicketEvent {
+pub(super) fn jira_event() -> TicketEvent {
     let alice = Person {
         id: Some("5b10a2844c20165700ede21g".into()),
         email: Some("alice@example.com".into()),
@@ -166,6 +167,7 @@ fn design_example_grant_passes_its_policy() {
             approvers: &approvers,
             subject: &grant.subject,
             target: &grant.target,
+            scope: &grant.scope,
             duration: grant.duration,
         },
     );
@@ -917,6 +919,7 @@ fn policy_condition_sees_the_ticket_through_check_policy() {
         approvers: &approvers,
         subject: &grant.subject,
         target: &grant.target,
+        scope: &grant.scope,
         duration: grant.duration,
     };
     assert!(m.check_policy(&event, &input).allowed());

@@ -15,6 +15,8 @@
 
 pub mod auto;
 mod hours;
+pub mod scope;
+pub mod summary;
 
 use std::sync::Arc;
 
@@ -24,8 +26,10 @@ use serde::Deserialize;
 
 pub use hours::Window;
 
+use crate::identity::IdentityMap;
 use crate::mapping::condition::{CelVariables, Condition, ConditionFailure};
 use crate::ticket::Person;
+use scope::ScopeCatalog;
 
 /// The longest grant any mapping may ever produce. Mapping files are checked against it at load
 /// (`max_duration`), and [`check`] re-checks the final duration as defence in depth.
@@ -67,15 +71,19 @@ pub struct PolicyConfig {
     /// How many live grants one target may carry at once, across all tickets and mappings.
     #[serde(default)]
     pub max_active_per_target: Option<i64>,
-    /// Who may approve: e-mail addresses or ITSM user ids (case-insensitive). Empty means anyone
-    /// but the requester and the subject. `group:` entries need the identity map (a later
-    /// change) and are refused at load for now.
+    /// Who may approve: e-mail addresses, ITSM user ids, directory subjects of the identity map
+    /// (case-insensitive) or `group:<name>` (a group of the identity map). Empty means anyone
+    /// but the requester and the subject.
     #[serde(default)]
     pub approvers: Vec<String>,
     /// How many distinct people (by id or e-mail) must have approved, counting only allowed
     /// approvers who are neither the requester nor the subject.
     #[serde(default)]
     pub min_approvals: Option<i64>,
+    /// Globs on the grant's scope string (`"local-admin"`, `"app:*"`, `"service:spooler"`).
+    /// Absent means only `local-admin`, so a mapping never grants more without saying so.
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
 }
 
 fn default_true() -> bool {
@@ -95,6 +103,7 @@ impl Default for PolicyConfig {
             max_active_per_target: None,
             approvers: Vec::new(),
             min_approvals: None,
+            scopes: None,
         }
     }
 }
@@ -164,6 +173,14 @@ pub enum PolicyError {
         /// What is wrong and how to fix it.
         why: String,
     },
+    /// An entry of `scopes` is not a scope or scope glob.
+    #[error("scopes[{index}]: {why}")]
+    Scope {
+        /// Position in the list (0 for an empty list).
+        index: usize,
+        /// What is wrong and how to fix it.
+        why: String,
+    },
     /// A list is longer than [`MAX_LIST_ENTRIES`].
     #[error("{list}: {len} entries, more than the {MAX_LIST_ENTRIES} allowed")]
     TooLong {
@@ -184,6 +201,7 @@ impl PolicyError {
             PolicyError::MinDuration { .. } => "min_duration".to_owned(),
             PolicyError::Limit { key, .. } => (*key).to_owned(),
             PolicyError::Approver { index, .. } => format!("approvers[{index}]"),
+            PolicyError::Scope { index, .. } => format!("scopes[{index}]"),
             PolicyError::TooLong { list, .. } => (*list).to_owned(),
         }
     }
@@ -198,6 +216,7 @@ impl PolicyError {
             PolicyError::MinDuration { .. } => ("min_duration", None),
             PolicyError::Limit { key, .. } => (key, None),
             PolicyError::Approver { index, .. } => ("approvers", Some(*index)),
+            PolicyError::Scope { index, .. } => ("scopes", Some(*index)),
             PolicyError::TooLong { list, .. } => (list, None),
         }
     }
@@ -212,7 +231,8 @@ impl PolicyError {
             PolicyError::Hours { why, .. }
             | PolicyError::MinDuration { why }
             | PolicyError::Limit { why, .. }
-            | PolicyError::Approver { why, .. } => why.clone(),
+            | PolicyError::Approver { why, .. }
+            | PolicyError::Scope { why, .. } => why.clone(),
             PolicyError::TooLong { len, .. } => {
                 format!("{len} entries, more than the {MAX_LIST_ENTRIES} allowed")
             }
@@ -280,6 +300,17 @@ pub struct Policy {
     max_active_per_target: Option<u32>,
     approvers: Vec<String>,
     min_approvals: Option<u32>,
+    scopes: GlobList,
+    world: World,
+}
+
+/// What a policy compares against besides its own keys: the scope allow-list, the identity map
+/// and the connector whose user ids its tickets carry. Set by [`Policy::bind`] at load.
+#[derive(Debug, Clone, Default)]
+struct World {
+    catalog: Arc<ScopeCatalog>,
+    identities: Arc<IdentityMap>,
+    connector: String,
 }
 
 impl Policy {
@@ -297,6 +328,7 @@ impl Policy {
             ("targets", config.targets.len()),
             ("hours", config.hours.len()),
             ("approvers", config.approvers.len()),
+            ("scopes", config.scopes.as_ref().map_or(0, Vec::len)),
         ] {
             if len > MAX_LIST_ENTRIES {
                 return Err(PolicyError::TooLong { list, len });
@@ -340,7 +372,10 @@ impl Policy {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let min_approvals = limit("min_approvals", config.min_approvals, MAX_MIN_APPROVALS)?;
-        if let Some(n) = min_approvals {
+        let has_group = approvers.iter().any(|a| a.starts_with(GROUP_PREFIX));
+        if let Some(n) = min_approvals
+            && !has_group
+        {
             let listed = distinct_entries(&approvers);
             if !approvers.is_empty() && usize::try_from(n).unwrap_or(usize::MAX) > listed {
                 return Err(PolicyError::Limit {
@@ -371,7 +406,80 @@ impl Policy {
             )?,
             approvers,
             min_approvals,
+            scopes: compile_scopes(config.scopes.as_deref())?,
+            world: World::default(),
         })
+    }
+
+    /// This policy compared against the scope allow-list, the identity map and the user ids of
+    /// `connector` (the mapping's connector). Without it only built-in scopes resolve and
+    /// people are compared by their ITSM ids and e-mails alone.
+    pub fn bind(
+        mut self,
+        catalog: Arc<ScopeCatalog>,
+        identities: Arc<IdentityMap>,
+        connector: &str,
+    ) -> Policy {
+        self.world = World {
+            catalog,
+            identities,
+            connector: connector.to_owned(),
+        };
+        self
+    }
+
+    /// Whether the policy's `scopes` allow the scope string (globs, case-insensitive).
+    pub fn allows_scope(&self, scope: &str) -> bool {
+        self.scopes.matches(scope)
+    }
+
+    /// The `scopes` entries as written (`local-admin` when the key is absent).
+    pub fn scope_patterns(&self) -> &[String] {
+        &self.scopes.patterns
+    }
+
+    /// The scope's full definition from the allow-list, or why there is none.
+    pub fn resolve_scope(&self, scope: &str) -> Result<scope::ScopeDefinition, scope::Unresolved> {
+        self.world.catalog.resolve(scope)
+    }
+
+    /// The `group:` names among `approvers` (the loader checks them against the identity map).
+    pub fn approver_groups(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.approvers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| a.strip_prefix(GROUP_PREFIX).map(|g| (i, g)))
+    }
+
+    /// Who may approve, in words for the summary comment: the listed people and groups (with
+    /// their members from the identity map), or "anyone but the requester and the subject".
+    pub fn who_may_approve(&self) -> String {
+        if self.approvers.is_empty() {
+            return "anyone but the requester and the person receiving the privilege".to_owned();
+        }
+        let entries: Vec<String> = self
+            .approvers
+            .iter()
+            .map(|a| match a.strip_prefix(GROUP_PREFIX) {
+                Some(g) => {
+                    let members = self.world.identities.members(g);
+                    format!(
+                        "group {g} ({})",
+                        short_list(&members.iter().map(|m| (*m).to_owned()).collect::<Vec<_>>())
+                    )
+                }
+                None => a.clone(),
+            })
+            .collect();
+        format!(
+            "{} (never the requester or the person receiving the privilege)",
+            short_list(&entries)
+        )
+    }
+
+    /// How many distinct approvers are needed (1 unless `min_approvals` says more).
+    pub fn approvals_needed(&self) -> u32 {
+        self.min_approvals.unwrap_or(1)
     }
 
     /// True when the policy has a `condition`, which needs the ticket's names to evaluate.
@@ -423,9 +531,46 @@ impl Default for Policy {
             max_active_per_target: None,
             approvers: Vec::new(),
             min_approvals: None,
+            scopes: default_scopes(),
+            world: World::default(),
         }
     }
 }
+
+/// The scope list of a policy that names none: only `local-admin`.
+fn default_scopes() -> GlobList {
+    let patterns = vec![scope::LOCAL_ADMIN.to_owned()];
+    let mut builder = GlobSetBuilder::new();
+    if let Ok(glob) = GlobBuilder::new(scope::LOCAL_ADMIN).build() {
+        builder.add(glob);
+    }
+    GlobList {
+        patterns,
+        set: builder.build().unwrap_or_else(|_| GlobSet::empty()),
+    }
+}
+
+/// Compiles `scopes`: absent means only `local-admin`; present must be non-empty and name
+/// kinds jitbridge knows.
+fn compile_scopes(entries: Option<&[String]>) -> Result<GlobList, PolicyError> {
+    let Some(entries) = entries else {
+        return Ok(default_scopes());
+    };
+    if entries.is_empty() {
+        return Err(PolicyError::Scope {
+            index: 0,
+            why: "the list is empty, so no grant could ever pass; list the scopes this mapping                   may grant (e.g. [\"local-admin\"]) or remove the key for local-admin only"
+                .to_owned(),
+        });
+    }
+    for (index, entry) in entries.iter().enumerate() {
+        scope::check_policy_entry(entry).map_err(|why| PolicyError::Scope { index, why })?;
+    }
+    GlobList::compile("scopes", entries)
+}
+
+/// How `approvers` entries name a group of the identity map.
+const GROUP_PREFIX: &str = "group:";
 
 /// A positive count no larger than `max`, or a problem naming `key`.
 fn limit(key: &'static str, value: Option<i64>, max: i64) -> Result<Option<u32>, PolicyError> {
@@ -463,14 +608,23 @@ fn approver_entry(entry: &str) -> Result<String, String> {
             "longer than 256 characters; write an e-mail address or an ITSM user id".to_owned(),
         );
     }
-    if trimmed
+    if let Some(group) = trimmed
         .get(..6)
-        .is_some_and(|p| p.eq_ignore_ascii_case("group:"))
+        .filter(|p| p.eq_ignore_ascii_case(GROUP_PREFIX))
+        .and_then(|_| trimmed.get(6..))
     {
-        return Err(format!(
-            "{trimmed:?}: approver groups need the identity map, which this version does not read \
-             yet; list the group's members by e-mail or user id instead"
-        ));
+        let group = group.trim();
+        if group.is_empty()
+            || !group.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
+            })
+        {
+            return Err(format!(
+                "{trimmed:?}: a group is written \"group:<name>\" with a name of a-z, 0-9, '.', \
+                 '_', '-' as listed in the identity map"
+            ));
+        }
+        return Ok(format!("{GROUP_PREFIX}{group}"));
     }
     if trimmed.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!(
@@ -547,6 +701,8 @@ pub struct PolicyInput<'a> {
     pub subject: &'a str,
     /// Where the privilege would be granted.
     pub target: &'a str,
+    /// What privilege (`local-admin`, `app:7zip`, ...).
+    pub scope: &'a str,
     /// For how long (already capped by the mapping).
     pub duration: SignedDuration,
 }
@@ -628,6 +784,7 @@ fn evaluate(
     }
     checks.push(check_requester(policy, input));
     checks.push(check_target(policy, input));
+    checks.push(check_scope(policy, input));
     checks.push(check_duration(input));
     if let Some(min) = policy.min_duration {
         checks.push(check_min_duration(input, min));
@@ -753,10 +910,21 @@ fn check_distinct_approver(policy: &Policy, input: &PolicyInput) -> Check {
                     label(approver)
                 ));
             }
+            if let Some(subject) = policy.world.shared_subject(approver, requester) {
+                return fail(format!(
+                    "approver {} and the requester {} are the same person ({subject} in the \
+                     identity map); a request cannot be approved by the person who raised it",
+                    label(approver),
+                    label(requester)
+                ));
+            }
         }
     }
     // Nobody approves their own elevation, whatever the mapping says: this part is not optional.
-    if let Some(approver) = identified.iter().find(|a| is_subject(a, input.subject)) {
+    if let Some(approver) = identified
+        .iter()
+        .find(|a| policy.world.is_subject(a, input.subject))
+    {
         return fail(format!(
             "approver {} would receive the privilege; nobody can approve their own elevation",
             label(approver)
@@ -802,7 +970,52 @@ fn is_listed(entries: &[String], person: &Person) -> bool {
         .flatten()
         .map(|v| v.trim())
         .filter(|v| !v.is_empty())
-        .any(|v| entries.iter().any(|e| e.eq_ignore_ascii_case(v)))
+        .any(|v| {
+            entries
+                .iter()
+                .filter(|e| !e.starts_with(GROUP_PREFIX))
+                .any(|e| e.eq_ignore_ascii_case(v))
+        })
+}
+
+/// Comparisons through the identity map: two ITSM accounts mapped to one directory subject
+/// are one person; `approvers` may name subjects, mapped e-mails and groups.
+impl World {
+    fn lookup(&self, person: &Person) -> Vec<crate::identity::PersonRef> {
+        self.identities.lookup(&self.connector, person)
+    }
+
+    /// The subject both accounts are mapped to, when they are one person only by the map.
+    fn shared_subject(&self, a: &Person, b: &Person) -> Option<String> {
+        let la = self.lookup(a);
+        self.lookup(b)
+            .into_iter()
+            .find(|r| la.contains(r))
+            .and_then(|r| self.identities.subject(r).map(str::to_owned))
+    }
+
+    fn same_person(&self, a: &Person, b: &Person) -> bool {
+        same_person(a, b) || self.shared_subject(a, b).is_some()
+    }
+
+    fn is_subject(&self, person: &Person, subject: &str) -> bool {
+        is_subject(person, subject)
+            || self
+                .identities
+                .named(subject)
+                .is_some_and(|s| self.lookup(person).contains(&s))
+    }
+
+    fn is_listed(&self, entries: &[String], person: &Person) -> bool {
+        if is_listed(entries, person) {
+            return true;
+        }
+        let found = self.lookup(person);
+        entries.iter().any(|e| match e.strip_prefix(GROUP_PREFIX) {
+            Some(group) => self.identities.in_group(&self.connector, person, group),
+            None => matches!(found.as_slice(), [one] if self.identities.names_entry(e, *one)),
+        })
+    }
 }
 
 /// `a, b, c and 4 more`: lists in ticket comments stay readable.
@@ -840,7 +1053,7 @@ fn check_approvers(policy: &Policy, input: &PolicyInput, facts: Option<&Facts>) 
         .collect();
     let (listed, unlisted): (Vec<&Person>, Vec<&Person>) = identified
         .iter()
-        .partition(|a| is_listed(&policy.approvers, a));
+        .partition(|a| policy.world.is_listed(&policy.approvers, a));
     if listed.is_empty() {
         let detail = if unlisted.is_empty() {
             format!(
@@ -872,7 +1085,7 @@ fn check_approvers(policy: &Policy, input: &PolicyInput, facts: Option<&Facts>) 
 
 /// Distinct people among `people`: approvers linked by a shared id or e-mail count once, even
 /// through a chain (a by id = b, b by e-mail = c), so a count is never too high.
-fn distinct_people<'a>(people: &[&'a Person]) -> Vec<&'a Person> {
+fn distinct_people<'a>(world: &World, people: &[&'a Person]) -> Vec<&'a Person> {
     let mut group: Vec<usize> = (0..people.len()).collect();
     fn root(group: &mut [usize], mut i: usize) -> usize {
         while let Some(&parent) = group.get(i) {
@@ -886,7 +1099,7 @@ fn distinct_people<'a>(people: &[&'a Person]) -> Vec<&'a Person> {
     for i in 0..people.len() {
         for j in (i + 1)..people.len() {
             if let (Some(a), Some(b)) = (people.get(i), people.get(j))
-                && same_person(a, b)
+                && world.same_person(a, b)
             {
                 let (ri, rj) = (root(&mut group, i), root(&mut group, j));
                 if let Some(slot) = group.get_mut(rj) {
@@ -934,11 +1147,11 @@ fn check_min_approvals(
         .iter()
         .take(MAX_APPROVERS_CONSIDERED)
         .filter(|a| !a.is_anonymous())
-        .filter(|a| !is_subject(a, input.subject))
-        .filter(|a| requester.is_none_or(|r| !same_person(a, r)))
-        .filter(|a| policy.approvers.is_empty() || is_listed(&policy.approvers, a))
+        .filter(|a| !policy.world.is_subject(a, input.subject))
+        .filter(|a| requester.is_none_or(|r| !policy.world.same_person(a, r)))
+        .filter(|a| policy.approvers.is_empty() || policy.world.is_listed(&policy.approvers, a))
         .collect();
-    let distinct = distinct_people(&eligible);
+    let distinct = distinct_people(&policy.world, &eligible);
     let names: Vec<String> = distinct.iter().map(|a| label(a)).collect();
     let count = u32::try_from(distinct.len()).unwrap_or(u32::MAX);
     // "1 approver other than ...", "2 allowed approvers": who counted, in words.
@@ -979,6 +1192,60 @@ fn check_min_approvals(
             needed(n),
             needed(n)
         ),
+    }
+}
+
+/// The rules that depend on who approved: they cannot be judged before an approval.
+const APPROVAL_RULES: [&str; 3] = ["distinct_approver", "approvers", "min_approvals"];
+
+/// The rules that can be judged when a ticket is raised, before anyone approved: what would
+/// block the request now (requester, target, scope, duration, hours, live grants, condition).
+/// `requesters` is left out while the requester's e-mail is unknown. For the summary comment;
+/// the approval runs [`check_at`] again with the approvers.
+pub fn check_before_approval(
+    policy: &Policy,
+    input: &PolicyInput,
+    facts: &Facts,
+    context: Option<&serde_json::Value>,
+) -> Verdict {
+    let mut verdict = evaluate(policy, input, Some(facts), context);
+    verdict.checks.retain(|c| !APPROVAL_RULES.contains(&c.rule));
+    // Some deliveries name the requester by id only; the ITSM's API supplies the e-mail when
+    // the approval is confirmed, so `requesters` is judged then rather than reported early.
+    let email_known = input
+        .requester
+        .and_then(|r| r.email.as_deref())
+        .is_some_and(|e| !e.trim().is_empty());
+    if !email_known {
+        verdict.checks.retain(|c| c.rule != "requesters");
+    }
+    verdict
+}
+
+fn check_scope(policy: &Policy, input: &PolicyInput) -> Check {
+    const RULE: &str = "scopes";
+    let scope = input.scope.trim();
+    if !policy.scopes.matches(scope) {
+        return Check {
+            rule: RULE,
+            passed: false,
+            detail: format!(
+                "scope {scope} may not be granted by this elevation (allowed scopes: {})",
+                policy.scopes.describe()
+            ),
+        };
+    }
+    match policy.world.catalog.resolve(scope) {
+        Ok(def) => Check {
+            rule: RULE,
+            passed: true,
+            detail: format!("scope {} is allowed", def.describe()),
+        },
+        Err(why) => Check {
+            rule: RULE,
+            passed: false,
+            detail: why.0,
+        },
     }
 }
 
@@ -1239,3 +1506,6 @@ fn check_live(rule: &'static str, holder: Holder<'_>, count: Option<u64>, max: u
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod scope_tests;

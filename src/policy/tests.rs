@@ -48,6 +48,7 @@ fn input<'a>(
         approvers,
         subject,
         target,
+        scope: "local-admin",
         duration: SignedDuration::from_mins(60),
     }
 }
@@ -357,7 +358,7 @@ fn combinations_report_the_first_failure_and_keep_all_checks() {
         &input(Some(&a), &approvers, "alice@example.com", "WS-77"),
     );
     assert!(v.allowed(), "{v:?}");
-    assert_eq!(v.checks.len(), 4);
+    assert_eq!(v.checks.len(), 5);
 }
 
 #[test]
@@ -772,9 +773,10 @@ fn approvers_table() {
 }
 
 #[test]
-fn approver_groups_and_patterns_are_refused_at_load() {
+fn malformed_approver_groups_and_patterns_are_refused_at_load() {
     for (entries, want) in [
-        (r#"["group:helpdesk-leads"]"#, "identity map"),
+        (r#"["group:Help Desk"]"#, "group is written"),
+        (r#"["group:"]"#, "group is written"),
         (r#"["bob@example.com", "*@example.com"]"#, "pattern"),
         (r#"["  "]"#, "empty"),
         (r#"["bob @example.com"]"#, "space"),
@@ -786,8 +788,14 @@ fn approver_groups_and_patterns_are_refused_at_load() {
         );
         assert!(err.to_string().contains(want), "{entries}: {err}");
     }
-    let err = compile_error(r#"approvers = ["a@x.org", "group:leads"]"#);
+    let err = compile_error(r#"approvers = ["a@x.org", "group:Leads!"]"#);
     assert_eq!(err.key(), "approvers[1]");
+    // A well-formed group compiles; whether the identity map has it is checked at load.
+    let p = from_toml(r#"approvers = ["group:helpdesk-leads", "BOB@example.com"]"#);
+    assert_eq!(
+        p.approver_groups().collect::<Vec<_>>(),
+        vec![(0, "helpdesk-leads")]
+    );
 }
 
 #[test]
@@ -989,7 +997,13 @@ fn absent_keys_add_no_checks() {
     let rules: Vec<&str> = v.checks.iter().map(|c| c.rule).collect();
     assert_eq!(
         rules,
-        ["distinct_approver", "requesters", "targets", "duration"]
+        [
+            "distinct_approver",
+            "requesters",
+            "targets",
+            "scopes",
+            "duration"
+        ]
     );
     assert!(!Policy::default().needs_live_counts());
 }
@@ -1053,7 +1067,7 @@ max_active_per_target = 1
     };
     let v = check_at(&p, &i, &facts, None);
     assert!(v.allowed(), "{v:?}");
-    assert_eq!(v.checks.len(), 10);
+    assert_eq!(v.checks.len(), 11);
 }
 
 fn window_text(days: &[bool; 7], start: u16, end: u16, zone: &str) -> String {

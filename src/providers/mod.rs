@@ -39,6 +39,24 @@ pub struct ProviderCall {
     pub body: serde_json::Value,
 }
 
+/// Key in a grant's stored context holding its resolved scope definition.
+pub const SCOPE_DEFINITION_KEY: &str = "_scope_definition";
+
+/// The grant's scope definition as providers receive it (`grant.scope_definition`): the one
+/// stored with the grant, else the built-in definition of `local-admin` / `driver-install`
+/// (grants recorded before definitions were stored), else `null`.
+pub fn scope_definition(grant: &Grant) -> serde_json::Value {
+    grant
+        .context
+        .get(SCOPE_DEFINITION_KEY)
+        .cloned()
+        .or_else(|| {
+            crate::policy::scope::ScopeDefinition::of_builtin(&grant.scope)
+                .and_then(|d| serde_json::to_value(d).ok())
+        })
+        .unwrap_or(serde_json::Value::Null)
+}
+
 /// The call document for `action` on `grant`.
 pub fn call_for(grant: &Grant, action: ProviderAction) -> ProviderCall {
     let fmt_ts = |t: Option<jiff::Timestamp>| t.map(|t| t.to_string());
@@ -59,6 +77,7 @@ pub fn call_for(grant: &Grant, action: ProviderAction) -> ProviderCall {
                 "subject": grant.subject,
                 "target": grant.target,
                 "scope": grant.scope,
+                "scope_definition": scope_definition(grant),
                 "starts_at": fmt_ts(grant.starts_at.or(grant.approved_at)),
                 "expires_at": fmt_ts(grant.expires_at),
                 "ticket": {
@@ -91,4 +110,75 @@ pub trait ElevationProvider: Send + Sync {
     async fn apply(&self, call: &ProviderCall) -> Result<(), ProviderError>;
     /// Removes the privilege. Idempotent per `call.webhook_id`; removing what is not there succeeds.
     async fn revoke(&self, call: &ProviderCall) -> Result<(), ProviderError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::scope::{ScopeDefinition, ScopeKind};
+
+    fn grant(scope: &str, context: serde_json::Value) -> Grant {
+        Grant {
+            id: uuid::Uuid::nil(),
+            ticket: crate::ticket::TicketRef {
+                connector: "jira".into(),
+                id: "1".into(),
+                key: "ACCESS-1".into(),
+                url: None,
+            },
+            mapping: "m".into(),
+            state: crate::grants::GrantState::Approved,
+            subject: "alice@example.com".into(),
+            target: "WS-1".into(),
+            scope: scope.into(),
+            provider: "p".into(),
+            duration: jiff::SignedDuration::from_hours(1),
+            requester: None,
+            approvers: Vec::new(),
+            requested_at: jiff::Timestamp::UNIX_EPOCH,
+            approved_at: None,
+            starts_at: None,
+            expires_at: None,
+            ended_at: None,
+            revoke_cause: None,
+            reason: None,
+            last_event_at: jiff::Timestamp::UNIX_EPOCH,
+            context,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn calls_carry_the_stored_scope_definition() {
+        let def = ScopeDefinition {
+            kind: ScopeKind::App,
+            name: "7zip".into(),
+            path: Some("/usr/bin/7z".into()),
+            sha256: Some("ab".repeat(32)),
+            args: vec!["x".into()],
+            interpreter: None,
+            service: None,
+            actions: Vec::new(),
+        };
+        let g = grant(
+            "app:7zip",
+            serde_json::json!({ SCOPE_DEFINITION_KEY: serde_json::to_value(&def).unwrap() }),
+        );
+        for action in [ProviderAction::Apply, ProviderAction::Revoke] {
+            let body = call_for(&g, action).body;
+            assert_eq!(body["grant"]["scope"], "app:7zip");
+            assert_eq!(body["grant"]["scope_definition"]["sha256"], "ab".repeat(32));
+            assert_eq!(body["grant"]["scope_definition"]["path"], "/usr/bin/7z");
+        }
+    }
+
+    #[test]
+    fn grants_stored_before_definitions_get_the_built_in_one_or_null() {
+        let old = grant("local-admin", serde_json::json!({}));
+        let body = call_for(&old, ProviderAction::Revoke).body;
+        assert_eq!(body["grant"]["scope_definition"]["kind"], "local-admin");
+        assert!(body["grant"]["scope_definition"]["path"].is_null());
+        let unknown = grant("app:gone", serde_json::Value::Null);
+        assert!(scope_definition(&unknown).is_null());
+    }
 }

@@ -156,6 +156,7 @@ revoke = { status = ["Done"] }
         let known = Known {
             connectors: vec!["c".into()],
             providers: vec!["p".into()],
+            ..Default::default()
         };
         let mappings =
             MappingSet::from_files(&[(PathBuf::from("m.toml"), MAPPING.to_owned())], &known)

@@ -290,7 +290,11 @@ async fn approved_request_is_granted_noted_and_revoked_at_its_deadline() {
     let notes = h
         .wait_note(id, "Local admin on WS-0042 expired and was revoked.")
         .await;
-    assert_eq!(notes.len(), 2, "one note per written state: {notes:?}");
+    assert_eq!(
+        notes.len(),
+        3,
+        "the summary, then one note per written state: {notes:?}"
+    );
     h.wait_status(id, status::RESOLVED).await;
 
     // Our own status writebacks come back as workflow deliveries and change nothing.

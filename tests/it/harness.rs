@@ -28,6 +28,10 @@ pub struct Options {
     pub workers: String,
     /// The mapping file.
     pub mapping: String,
+    /// Extra tables for `jitbridge.toml` (`[scopes.…]`, `[identity]`).
+    pub main_extra: String,
+    /// Extra files (path relative to the config directory, text), e.g. the identity map.
+    pub files: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -35,6 +39,8 @@ impl Default for Options {
         Self {
             workers: "retry_initial = \"100ms\"\nretry_max = \"1s\"\nrevoke_retry_max = \"500ms\"\nrevoke_alarm_after = 3\napply_window = \"30s\"\n".into(),
             mapping: MAPPING.into(),
+            main_extra: String::new(),
+            files: Vec::new(),
         }
     }
 }
@@ -276,11 +282,17 @@ timeout = "2s"
 
 [workers]
 {workers}
+
+{extra}
 "#,
         receiver = receiver.url(),
-        workers = opts.workers
+        workers = opts.workers,
+        extra = opts.main_extra
     );
     std::fs::write(&config_path, text).expect("write config");
+    for (name, body) in &opts.files {
+        std::fs::write(dir.join(name), body).expect("write extra file");
+    }
     std::fs::write(dir.join("mappings/local-admin.toml"), &opts.mapping).expect("write mapping");
     config_path
 }

@@ -12,6 +12,7 @@ mod jira_flow;
 mod lifetime_flow;
 mod policy_flow;
 mod resilience;
+mod scopes_flow;
 mod secrets;
 mod servicenow_flow;
 mod store_faults;

@@ -13,6 +13,8 @@ async fn writeback_outage_delays_comments_but_loses_none_and_keeps_their_order()
     let h = Harness::start().await;
     let key = h.raise(ALICE, "WS-0100", "2s", &[BOB]).await;
     h.wait_state(&key, GrantState::Requested).await;
+    // The request's summary comment is written before the outage starts.
+    h.wait_comment(&key, "Elevation request received.").await;
     // Jira's REST API fails for a while: first 503s with Retry-After, then 429s.
     h.jira
         .outage(Outage {

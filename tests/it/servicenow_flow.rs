@@ -383,11 +383,15 @@ async fn approved_request_is_granted_written_back_and_revoked_at_its_deadline() 
         .filter(|e| e.sys_created_by == JITBRIDGE)
         .map(|e| e.value.as_str())
         .collect();
-    assert_eq!(ours.len(), 2, "one note per writeback: {ours:?}");
+    assert_eq!(ours.len(), 3, "one note per writeback: {ours:?}");
+    assert!(
+        ours[0].starts_with("Elevation request received."),
+        "the summary comes first: {ours:?}"
+    );
     assert_eq!(
         h.patches(&number).await,
-        4,
-        "two notes and two states, each once"
+        5,
+        "three notes (summary, granted, expired) and two states, each once"
     );
 
     let kinds: Vec<String> = h

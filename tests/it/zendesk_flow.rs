@@ -325,18 +325,22 @@ async fn approved_ticket_is_granted_noted_and_revoked_at_its_deadline() {
     z.wait_note(id, "Local admin on WS-0042 expired and was revoked.")
         .await;
     z.wait_status(id, "solved").await;
-    let writes = z.wait_writes(id, 4).await;
-    assert_eq!(writes.len(), 4, "{writes:?}");
+    let writes = z.wait_writes(id, 5).await;
+    assert_eq!(writes.len(), 5, "{writes:?}");
     assert!(
-        writes[0].starts_with("comment:Local admin granted"),
+        writes[0].starts_with("comment:Elevation request received."),
         "{writes:?}"
     );
-    assert_eq!(writes[1], "status:open");
     assert!(
-        writes[2].starts_with("comment:Local admin on WS-0042 expired"),
+        writes[1].starts_with("comment:Local admin granted"),
         "{writes:?}"
     );
-    assert_eq!(writes[3], "status:solved");
+    assert_eq!(writes[2], "status:open");
+    assert!(
+        writes[3].starts_with("comment:Local admin on WS-0042 expired"),
+        "{writes:?}"
+    );
+    assert_eq!(writes[4], "status:solved");
 
     // Our own "solved" ran the solved trigger: recorded and ignored, no second grant.
     z.settle().await;
@@ -609,8 +613,9 @@ async fn delivery_claiming_an_approval_the_api_does_not_hold_grants_nothing_and_
         z.comments(id)
             .await
             .iter()
+            .filter(|(body, _, _)| !body.starts_with("Elevation request received."))
             .all(|(_, _, a)| *a != users::JITBRIDGE),
-        "nothing was written back"
+        "nothing but the request's summary was written back"
     );
 }
 
@@ -621,12 +626,12 @@ async fn rate_limited_writebacks_arrive_once_in_order_and_respect_retry_after() 
     z.set_approval(id, "jit_approved", users::BOB).await;
     z.wait(id, GrantState::Active).await;
     let settled = eventually(Duration::from_secs(10), || async {
-        (z.writes(id).await.len() == 2).then_some(())
+        (z.writes(id).await.len() == 3).then_some(())
     })
     .await;
     assert!(
         settled.is_some(),
-        "the active writebacks arrived: {:?}",
+        "the summary and the active writebacks arrived: {:?}",
         z.writes(id).await
     );
 
@@ -643,20 +648,24 @@ async fn rate_limited_writebacks_arrive_once_in_order_and_respect_retry_after() 
     z.wait_note(id, "expired and was revoked").await;
     z.wait_status(id, "solved").await;
 
-    z.wait_writes(id, 4).await;
+    z.wait_writes(id, 5).await;
     z.settle().await;
     let writes = z.writes(id).await;
-    assert_eq!(writes.len(), 4, "each writeback exactly once: {writes:?}");
+    assert_eq!(writes.len(), 5, "each writeback exactly once: {writes:?}");
     assert!(
-        writes[0].starts_with("comment:Local admin granted"),
+        writes[0].starts_with("comment:Elevation request received."),
         "{writes:?}"
     );
-    assert_eq!(writes[1], "status:open");
     assert!(
-        writes[2].starts_with("comment:Local admin on WS-0046 expired"),
+        writes[1].starts_with("comment:Local admin granted"),
         "{writes:?}"
     );
-    assert_eq!(writes[3], "status:solved");
+    assert_eq!(writes[2], "status:open");
+    assert!(
+        writes[3].starts_with("comment:Local admin on WS-0046 expired"),
+        "{writes:?}"
+    );
+    assert_eq!(writes[4], "status:solved");
 
     let reqs = z.zd.requests().await;
     let limited = reqs.iter().filter(|r| r.status == 429).count();
@@ -728,6 +737,7 @@ async fn provider_that_never_applies_fails_the_grant_and_notes_the_ticket() {
     let z = Zd::start_with(Options {
         mapping: MAPPING.into(),
         workers: "retry_initial = \"100ms\"\nretry_max = \"300ms\"\napply_window = \"2s\"\n".into(),
+        ..Options::default()
     })
     .await;
     z.receiver.set_down(true).await;
