@@ -49,6 +49,10 @@ enum Command {
         /// JSON file holding the delivery body.
         #[arg(long)]
         payload: PathBuf,
+        /// Evaluate time-dependent policy (`hours`) at this instant (RFC 3339, e.g.
+        /// 2026-03-02T09:30:00Z) instead of now.
+        #[arg(long)]
+        at: Option<jiff::Timestamp>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -216,8 +220,9 @@ async fn run(command: Command) -> Result<ExitCode> {
             config,
             connector,
             payload,
+            at,
             json,
-        } => cli::explain(&config, &connector, &payload, json),
+        } => cli::explain(&config, &connector, &payload, at, json),
         Command::Grants {
             command:
                 GrantsCommand::List {

@@ -289,6 +289,11 @@ impl Mapping {
         &self.provider
     }
 
+    /// The `when` expression as written, so `jitbridge explain` can show what it evaluated.
+    pub fn when_source(&self) -> &str {
+        self.condition.source()
+    }
+
     /// Evaluates `when` against the event. A CEL error or a non-boolean result is an error the
     /// caller treats as "no match".
     pub fn matches(&self, event: &TicketEvent) -> Result<bool, MappingError> {

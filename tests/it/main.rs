@@ -5,6 +5,7 @@
 mod harness;
 
 mod cli;
+mod explain;
 mod freshservice_flow;
 mod ingress;
 mod jira_flow;
