@@ -14,13 +14,15 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::admin::{self, AdminState, ConnectorHealth};
 use crate::clock::SharedClock;
-use crate::config::{Config, StoreLocation};
+use crate::config::live::LiveConnectors;
+use crate::config::{Active, Config, LiveConfig, StoreLocation};
 use crate::connectors::Registry;
 use crate::grants::service::{GrantService, ServiceSettings, Wakers};
 use crate::inbox::InboxWorker;
 use crate::ingress::{self, IngressState};
 use crate::outbox::provider_worker::ProviderWorker;
 use crate::outbox::writeback_worker::WritebackWorker;
+use crate::reload::Reloader;
 use crate::scheduler::Scheduler;
 use crate::store::{Store, StoreError};
 
@@ -71,6 +73,7 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     /// The grant service (tests and tools drive it directly).
     pub service: GrantService,
+    reloader: Reloader,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -92,6 +95,11 @@ impl Running {
         }
     }
 
+    /// Swaps in a new configuration (what SIGHUP and the reload endpoint call).
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
     /// The token that stops the daemon.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -106,7 +114,23 @@ pub async fn start_with_store(
 ) -> Result<Running, AppError> {
     let shutdown = CancellationToken::new();
     let client = http_client()?;
-    let connectors = Registry::build(&config.connectors, &client);
+    let live = LiveConfig::new(Active {
+        mappings: config.mappings.clone(),
+        connectors: Registry::build(&config.connectors, &client),
+        providers: config.providers.clone(),
+    });
+    let reloader = Reloader::new(
+        &config,
+        live.clone(),
+        store.clone(),
+        clock.clone(),
+        client.clone(),
+    );
+    reloader.record_start();
+    for w in &config.warnings {
+        tracing::warn!(warning = %w, "configuration warning");
+    }
+    let connectors = live.connectors();
     let wakers = Wakers::default();
     let inbox_wake = Arc::new(tokio::sync::Notify::new());
     let apply_window = jiff::SignedDuration::try_from(config.workers.apply_window)
@@ -114,7 +138,7 @@ pub async fn start_with_store(
     let service = GrantService::new(
         store.clone(),
         clock.clone(),
-        config.mappings.clone(),
+        live.mappings(),
         connectors.clone(),
         wakers.clone(),
         ServiceSettings { apply_window },
@@ -197,7 +221,7 @@ pub async fn start_with_store(
     let token = shutdown.clone();
     let worker = ProviderWorker::new(
         service.clone(),
-        config.providers.clone(),
+        live.providers(),
         w.clone(),
         wakers.provider.clone(),
     );
@@ -222,6 +246,7 @@ pub async fn start_with_store(
         webhook_addr,
         admin_addr,
         service,
+        reloader,
         shutdown,
         tasks,
     })
@@ -257,9 +282,13 @@ fn serve(
 
 /// Checks each connector at start and every minute; failures are reported, never fatal, so the
 /// daemon keeps revoking while an ITSM is down.
-async fn health_checks(connectors: Registry, health: ConnectorHealth, shutdown: CancellationToken) {
+async fn health_checks(
+    connectors: LiveConnectors,
+    health: ConnectorHealth,
+    shutdown: CancellationToken,
+) {
     loop {
-        for reg in connectors.iter() {
+        for reg in connectors.all() {
             let id = reg.connector.id().to_owned();
             let status = match reg.connector.healthcheck().await {
                 Ok(()) => "ok".to_owned(),

@@ -169,12 +169,7 @@ fn main() -> ExitCode {
 }
 
 fn load(config: &Path) -> Result<jitbridge::config::Config> {
-    jitbridge::config::load(
-        config,
-        &jitbridge::config::process_env(),
-        &jitbridge::config::ProcessEnv,
-    )
-    .map_err(|problems| anyhow::anyhow!("{problems}"))
+    load_checked(config).map_err(|problems| anyhow::anyhow!("{problems}"))
 }
 
 async fn run(command: Command) -> Result<ExitCode> {
@@ -183,10 +178,12 @@ async fn run(command: Command) -> Result<ExitCode> {
             // Register for signals before anything starts, so an early SIGTERM still shuts down
             // gracefully instead of killing the process.
             let signal = shutdown_signal()?;
+            let reload = reload_signal()?;
             let cfg =
                 load(&config).with_context(|| format!("cannot start with {}", config.display()))?;
             let running =
                 jitbridge::app::start(cfg, Arc::new(jitbridge::clock::SystemClock)).await?;
+            tokio::spawn(reload_on_signal(reload, running.reloader(), config));
             let token = running.shutdown_token();
             tokio::spawn(async move {
                 signal.await;
@@ -252,6 +249,54 @@ async fn run(command: Command) -> Result<ExitCode> {
             command: AuditCommand::Export { config, ticket },
         } => cli::audit_export(&config, &ticket).await,
     }
+}
+
+/// Reloads the configuration from `config` each time `signals` yields (SIGHUP). A refused
+/// reload is logged by the reloader and leaves the running configuration in force.
+async fn reload_on_signal(
+    mut signals: impl futures::Stream<Item = ()> + Unpin,
+    reloader: jitbridge::reload::Reloader,
+    config: PathBuf,
+) {
+    use futures::StreamExt;
+    while signals.next().await.is_some() {
+        tracing::info!(config = %config.display(), "SIGHUP: reloading the configuration");
+        let path = config.clone();
+        let loaded = match tokio::task::spawn_blocking(move || load_checked(&path)).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload failed");
+                continue;
+            }
+        };
+        // The outcome is logged and counted by the reloader.
+        let _ = reloader.apply(loaded).await;
+    }
+}
+
+fn load_checked(config: &Path) -> Result<jitbridge::config::Config, jitbridge::config::Problems> {
+    jitbridge::config::load(
+        config,
+        &jitbridge::config::process_env(),
+        &jitbridge::config::ProcessEnv,
+    )
+}
+
+/// SIGHUP, registered now, as a stream.
+#[cfg(unix)]
+fn reload_signal() -> Result<impl futures::Stream<Item = ()> + Unpin> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    Ok(Box::pin(futures::stream::unfold(
+        hup,
+        |mut hup| async move { hup.recv().await.map(|()| ((), hup)) },
+    )))
+}
+
+/// No SIGHUP: reloads come through the admin API only.
+#[cfg(not(unix))]
+fn reload_signal() -> Result<impl futures::Stream<Item = ()> + Unpin> {
+    Ok(futures::stream::pending())
 }
 
 /// SIGTERM or ctrl-c, registered now.

@@ -328,6 +328,7 @@ pub fn validate(
         connectors,
         providers,
         mappings: Arc::new(mappings),
+        warnings: Vec::new(),
     })
 }
 

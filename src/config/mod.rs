@@ -2,11 +2,13 @@
 //! network or environment access): secrets come through a [`SecretSource`], files are read by
 //! the loader first. Every problem names the file, the key and why ([`Problem`]).
 
+pub mod live;
 pub mod load;
 pub mod raw;
 pub mod secrets;
 pub mod settings;
 
+pub use live::{Active, LiveConfig};
 pub use load::{load, process_env};
 pub use secrets::{DryRunSecrets, MapSecrets, ProcessEnv, SecretSource};
 pub use settings::{

@@ -334,3 +334,86 @@ async fn audit_export_tells_one_tickets_whole_story_in_order() {
         "{approved}"
     );
 }
+
+/// Lines of a child's stderr, readable with a deadline.
+fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits (generously) for a line containing `needle`; returns it.
+fn wait_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(l) if l.contains(needle) => return l,
+            Ok(_) => {}
+            Err(e) => panic!("no log line containing {needle:?}: {e}"),
+        }
+    }
+}
+
+fn signal(child: &std::process::Child, name: &str) {
+    let sent = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+#[test]
+fn sighup_reloads_a_valid_configuration_and_refuses_an_invalid_one_keeping_the_daemon_up() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("connectors")).unwrap();
+    std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
+    std::fs::write(
+        dir.path().join("jitbridge.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let mut child = jitbridge()
+        .current_dir(dir.path())
+        .args(["--log-format", "json", "serve"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = stderr_lines(&mut child);
+    wait_line(&lines, "jitbridge is running");
+
+    signal(&child, "HUP");
+    let ok = wait_line(&lines, "configuration reloaded");
+    assert!(ok.contains("\"mappings\":0"), "{ok}");
+
+    std::fs::write(
+        dir.path().join("mappings/broken.toml"),
+        "[[mapping]]\nname = \"x\"\nconnector = \"nowhere\"\n",
+    )
+    .unwrap();
+    signal(&child, "HUP");
+    let refused = wait_line(&lines, "configuration reload refused");
+    assert!(refused.contains("broken.toml"), "{refused}");
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+
+    signal(&child, "TERM");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "did not stop after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -10,6 +10,7 @@ mod freshservice_flow;
 mod ingress;
 mod jira_flow;
 mod policy_flow;
+mod reload;
 mod resilience;
 mod secrets;
 mod servicenow_flow;
