@@ -199,12 +199,16 @@ async fn run(command: Command) -> Result<ExitCode> {
             &jitbridge::config::ProcessEnv,
         ) {
             Ok(cfg) => {
+                for w in &cfg.warnings {
+                    println!("warning: {w}");
+                }
                 println!(
-                    "{}: valid ({} connector(s), {} mapping(s), {} provider(s))",
+                    "{}: valid ({} connector(s), {} mapping(s), {} provider(s), {} warning(s))",
                     config.display(),
                     cfg.connectors.len(),
                     cfg.mappings.len(),
-                    cfg.providers.len()
+                    cfg.providers.len(),
+                    cfg.warnings.len()
                 );
                 Ok(ExitCode::SUCCESS)
             }

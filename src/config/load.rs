@@ -315,6 +315,12 @@ pub fn validate(
         }
     };
 
+    // The deeper checks of `jitbridge check` (names templates and CEL use, overlapping
+    // conditions, durations above caps); they skip what the loader already reported.
+    let lints = crate::mapping::lint(mapping_files);
+    problems.extend(lints.errors);
+    let warnings = lints.warnings;
+
     if !problems.is_empty() {
         return Err(Problems(problems));
     }
@@ -328,7 +334,7 @@ pub fn validate(
         connectors,
         providers,
         mappings: Arc::new(mappings),
-        warnings: Vec::new(),
+        warnings,
     })
 }
 

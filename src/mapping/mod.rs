@@ -10,6 +10,7 @@
 
 pub(crate) mod condition;
 mod context;
+mod lint;
 mod load;
 mod raw;
 mod template;
@@ -25,6 +26,7 @@ use crate::policy::{Facts, Policy, PolicyInput, Verdict};
 use crate::ticket::{EventKind, TicketEvent};
 
 pub use context::{stored_context, template_context, writeback_context};
+pub use lint::{Lints, lint};
 
 use condition::{CelVariables, Condition, ConditionFailure};
 

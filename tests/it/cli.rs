@@ -417,3 +417,110 @@ fn sighup_reloads_a_valid_configuration_and_refuses_an_invalid_one_keeping_the_d
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// A configuration directory for `check`: one webhook provider, the Jira connector and the
+/// given mapping files; returns the directory (paths in the output are relative to it).
+fn check_dir(mappings: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("connectors")).unwrap();
+    std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
+    std::fs::write(
+        dir.path().join("jitbridge.toml"),
+        "[providers.agent]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/elevations\"\nsecret_env = \"AGENT_SECRET\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("connectors/jira.toml"),
+        crate::harness::jira_connector("https://example.atlassian.net"),
+    )
+    .unwrap();
+    for (name, text) in mappings {
+        std::fs::write(dir.path().join("mappings").join(name), text).unwrap();
+    }
+    dir
+}
+
+/// Runs `jitbridge check` in `dir`; (exit code, stdout + stderr).
+fn run_check(dir: &tempfile::TempDir) -> (i32, String) {
+    let out = jitbridge()
+        .current_dir(dir.path())
+        .env("AGENT_SECRET", crate::harness::ELEVATION_SECRET)
+        .env("JIRA_WEBHOOK_SECRET", "s")
+        .env("JIRA_API_TOKEN", "t")
+        .args(["check", "--config", "jitbridge.toml"])
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A mapping of the Jira connector with `when` and the grant/extra lines given.
+fn check_mapping(name: &str, when: &str, grant: &str, extra: &str) -> String {
+    format!(
+        "[[mapping]]\nname = \"{name}\"\nconnector = \"jira\"\nwhen = '{when}'\n\n[mapping.grant]\n{grant}\nmax_duration = \"4h\"\nprovider = \"agent\"\n\n[mapping.on]\napprove = {{ status = [\"Approved\"] }}\n{extra}"
+    )
+}
+
+const CHECK_GRANT: &str = "subject = \"{{ requester.email }}\"\ntarget = \"{{ fields.customfield_10060 }}\"\nscope = \"local-admin\"\nduration = \"{{ fields.customfield_10070 | default('60m') }}\"";
+
+#[test]
+fn check_lists_every_error_of_a_broken_mapping_set_with_file_line_and_hint() {
+    let typos = check_mapping(
+        "typos",
+        r#"tickt.type == "Elevation Request""#,
+        &CHECK_GRANT.replace("requester.email", "requester.mail"),
+        "\n[mapping.writeback]\nexpired = { comment = \"{{ payload.issue.key }}: local admin expired\" }\n",
+    );
+    let unknown_key = check_mapping(
+        "unknown-key",
+        "true",
+        &format!("{CHECK_GRANT}\nscopes = \"x\""),
+        "",
+    );
+    let bad_cel = check_mapping("bad-cel", r#"ticket.type == "#, CHECK_GRANT, "");
+    let too_long = check_mapping(
+        "too-long",
+        r#"ticket.type == "Server""#,
+        &CHECK_GRANT.replace("max_duration", "unused"),
+        "",
+    )
+    .replace("max_duration = \"4h\"", "max_duration = \"48h\"");
+    let dir = check_dir(&[
+        ("a-typos.toml", &typos),
+        ("b-unknown-key.toml", &unknown_key),
+        ("c-bad-cel.toml", &bad_cel),
+        ("d-too-long.toml", &too_long),
+    ]);
+    let (code, out) = run_check(&dir);
+    assert_eq!(code, 1, "{out}");
+    insta::assert_snapshot!("check_broken_mapping_set", out);
+}
+
+#[test]
+fn check_passes_with_warnings_for_overlapping_mappings_and_a_duration_above_its_cap() {
+    let a = check_mapping(
+        "local-admin",
+        r#"ticket.type == "Elevation Request""#,
+        CHECK_GRANT,
+        "",
+    );
+    let b = check_mapping(
+        "driver-install",
+        r#"fields.customfield_10050.value == "Driver""#,
+        &CHECK_GRANT.replace(
+            "duration = \"{{ fields.customfield_10070 | default('60m') }}\"",
+            "duration = \"8h\"",
+        ),
+        "",
+    );
+    let dir = check_dir(&[("a.toml", &a), ("b.toml", &b)]);
+    let (code, out) = run_check(&dir);
+    assert_eq!(code, 0, "{out}");
+    insta::assert_snapshot!("check_warnings", out);
+}
