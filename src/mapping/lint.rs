@@ -361,8 +361,11 @@ fn check_literal_duration(site: &Site<'_>, raw: &RawMapping, out: &mut Lints) {
     }
 }
 
+/// `field == literal` tests a condition requires, as (dotted field name, literal).
+type Equalities = Vec<(String, LiteralValue)>;
+
 /// The `field == literal` tests a condition requires: the terms of its top-level `&&` chain.
-fn required_equalities(e: &IdedExpr, out: &mut Vec<(String, LiteralValue)>) {
+fn required_equalities(e: &IdedExpr, out: &mut Equalities) {
     let Expr::Call(call) = &e.expr else {
         return;
     };
@@ -406,8 +409,7 @@ fn exclusive(a: &[(String, LiteralValue)], b: &[(String, LiteralValue)]) -> bool
 }
 
 fn check_overlaps(parsed: &[(Site<'_>, RawMapping)], out: &mut Lints) {
-    let mut by_connector: BTreeMap<&str, Vec<(usize, Vec<(String, LiteralValue)>)>> =
-        BTreeMap::new();
+    let mut by_connector: BTreeMap<&str, Vec<(usize, Equalities)>> = BTreeMap::new();
     for (i, (_, raw)) in parsed.iter().enumerate() {
         let Ok(program) = cel::Program::compile(raw.when.get_ref()) else {
             continue;

@@ -233,8 +233,9 @@ async fn grants_list_and_revoke_drive_the_running_daemon() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("0 job(s)"));
 }
 
-#[test]
-fn serve_logs_json_and_shuts_down_gracefully_on_sigterm() {
+/// `jitbridge serve` (JSON logs on a piped stderr) in a fresh directory holding only a
+/// `jitbridge.toml` with an ephemeral port and empty `connectors/` and `mappings/`.
+fn serve_empty_config() -> (tempfile::TempDir, std::process::Child) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("connectors")).unwrap();
     std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
@@ -243,12 +244,34 @@ fn serve_logs_json_and_shuts_down_gracefully_on_sigterm() {
         "[server]\nlisten = \"127.0.0.1:0\"\n",
     )
     .unwrap();
-    let mut child = jitbridge()
+    let child = jitbridge()
         .current_dir(dir.path())
         .args(["--log-format", "json", "serve"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    (dir, child)
+}
+
+/// Waits (up to 10 s) for the child to exit, and asserts it exited successfully.
+fn wait_for_clean_exit(child: &mut std::process::Child) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "did not stop within 10 s of SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn serve_logs_json_and_shuts_down_gracefully_on_sigterm() {
+    let (dir, mut child) = serve_empty_config();
     let stderr = child.stderr.take().unwrap();
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
     let running = lines
@@ -259,23 +282,8 @@ fn serve_logs_json_and_shuts_down_gracefully_on_sigterm() {
         .expect("start-up line");
     let parsed: serde_json::Value = serde_json::from_str(&running).expect("JSON log line");
     assert_eq!(parsed["level"], "INFO");
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "exit status {status}");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "did not stop within 10 s of SIGTERM"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    signal(&child, "TERM");
+    wait_for_clean_exit(&mut child);
     assert!(
         dir.path().join("data/jitbridge.db").exists(),
         "the embedded store was created under data/"
@@ -372,20 +380,7 @@ fn signal(child: &std::process::Child, name: &str) {
 
 #[test]
 fn sighup_reloads_a_valid_configuration_and_refuses_an_invalid_one_keeping_the_daemon_up() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("connectors")).unwrap();
-    std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
-    std::fs::write(
-        dir.path().join("jitbridge.toml"),
-        "[server]\nlisten = \"127.0.0.1:0\"\n",
-    )
-    .unwrap();
-    let mut child = jitbridge()
-        .current_dir(dir.path())
-        .args(["--log-format", "json", "serve"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (dir, mut child) = serve_empty_config();
     let lines = stderr_lines(&mut child);
     wait_line(&lines, "jitbridge is running");
 
@@ -404,18 +399,7 @@ fn sighup_reloads_a_valid_configuration_and_refuses_an_invalid_one_keeping_the_d
     assert!(child.try_wait().unwrap().is_none(), "still running");
 
     signal(&child, "TERM");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "exit status {status}");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "did not stop after SIGTERM"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for_clean_exit(&mut child);
 }
 
 /// A configuration directory for `check`: one webhook provider, the Jira connector and the
