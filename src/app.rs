@@ -157,6 +157,7 @@ pub async fn start_with_store(
         token: config.admin.token.clone(),
         health: health.clone(),
         metrics: admin::metrics_handle(),
+        reloader: reloader.clone(),
     };
     if config.admin.token.is_none() {
         tracing::warn!("no admin token configured: the admin API (/api/v1/) is disabled");

@@ -169,7 +169,12 @@ fn main() -> ExitCode {
 }
 
 fn load(config: &Path) -> Result<jitbridge::config::Config> {
-    load_checked(config).map_err(|problems| anyhow::anyhow!("{problems}"))
+    jitbridge::config::load(
+        config,
+        &jitbridge::config::process_env(),
+        &jitbridge::config::ProcessEnv,
+    )
+    .map_err(|problems| anyhow::anyhow!("{problems}"))
 }
 
 async fn run(command: Command) -> Result<ExitCode> {
@@ -183,7 +188,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 load(&config).with_context(|| format!("cannot start with {}", config.display()))?;
             let running =
                 jitbridge::app::start(cfg, Arc::new(jitbridge::clock::SystemClock)).await?;
-            tokio::spawn(reload_on_signal(reload, running.reloader(), config));
+            tokio::spawn(reload_on_signal(reload, running.reloader()));
             let token = running.shutdown_token();
             tokio::spawn(async move {
                 signal.await;
@@ -255,35 +260,18 @@ async fn run(command: Command) -> Result<ExitCode> {
     }
 }
 
-/// Reloads the configuration from `config` each time `signals` yields (SIGHUP). A refused
-/// reload is logged by the reloader and leaves the running configuration in force.
+/// Reloads the configuration files each time `signals` yields (SIGHUP). A refused reload is
+/// logged and counted by the reloader and leaves the running configuration in force.
 async fn reload_on_signal(
     mut signals: impl futures::Stream<Item = ()> + Unpin,
     reloader: jitbridge::reload::Reloader,
-    config: PathBuf,
 ) {
     use futures::StreamExt;
     while signals.next().await.is_some() {
-        tracing::info!(config = %config.display(), "SIGHUP: reloading the configuration");
-        let path = config.clone();
-        let loaded = match tokio::task::spawn_blocking(move || load_checked(&path)).await {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                tracing::error!(error = %e, "configuration reload failed");
-                continue;
-            }
-        };
+        tracing::info!("SIGHUP: reloading the configuration");
         // The outcome is logged and counted by the reloader.
-        let _ = reloader.apply(loaded).await;
+        let _ = reloader.reload().await;
     }
-}
-
-fn load_checked(config: &Path) -> Result<jitbridge::config::Config, jitbridge::config::Problems> {
-    jitbridge::config::load(
-        config,
-        &jitbridge::config::process_env(),
-        &jitbridge::config::ProcessEnv,
-    )
 }
 
 /// SIGHUP, registered now, as a stream.

@@ -9,7 +9,8 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::clock::SharedClock;
@@ -44,6 +45,24 @@ pub enum ReloadError {
     /// The store could not be asked which grants are live.
     #[error("cannot list live grants to check the new configuration against them: {0}")]
     Store(#[from] StoreError),
+    /// Reading the files did not finish (the loading task failed).
+    #[error("the configuration could not be read: {0}")]
+    Load(String),
+}
+
+/// Reads and validates the configuration files anew (blocking file I/O: run off the runtime).
+pub type ConfigSource = Arc<dyn Fn() -> Result<Config, Problems> + Send + Sync>;
+
+/// The production source: `file` and the files it names, with the process environment's
+/// overrides and secrets, exactly as `jitbridge serve` and `jitbridge check` read them.
+pub fn files_source(file: PathBuf) -> ConfigSource {
+    Arc::new(move || {
+        crate::config::load(
+            &file,
+            &crate::config::process_env(),
+            &crate::config::ProcessEnv,
+        )
+    })
 }
 
 /// A removed connector or provider and the live grants that still use it.
@@ -176,6 +195,7 @@ pub struct Reloader {
     clock: SharedClock,
     client: reqwest::Client,
     fixed: Fixed,
+    source: Arc<RwLock<ConfigSource>>,
 }
 
 impl Reloader {
@@ -193,6 +213,35 @@ impl Reloader {
             clock,
             client,
             fixed: Fixed::of(config),
+            source: Arc::new(RwLock::new(files_source(config.file.clone()))),
+        }
+    }
+
+    /// Replaces where [`Reloader::reload`] reads the configuration from (tests resolve secrets
+    /// from a map instead of the process environment). Every clone sees the change.
+    pub fn set_source(&self, source: ConfigSource) {
+        match self.source.write() {
+            Ok(mut s) => *s = source,
+            Err(poisoned) => *poisoned.into_inner() = source,
+        }
+    }
+
+    /// Reads the files again and applies them ([`Reloader::apply`]): what SIGHUP and
+    /// `POST /api/v1/config/reload` do.
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        let source = match self.source.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        match tokio::task::spawn_blocking(move || source()).await {
+            Ok(loaded) => self.apply(loaded).await,
+            Err(e) => {
+                let e = ReloadError::Load(e.to_string());
+                metrics::counter!("jitbridge_config_reload_total", "result" => "error")
+                    .increment(1);
+                tracing::error!(error = %e, "configuration reload refused");
+                Err(e)
+            }
         }
     }
 
@@ -214,7 +263,7 @@ impl Reloader {
             Err(ReloadError::Invalid(_)) => "invalid",
             Err(ReloadError::RestartNeeded(_)) => "restart_needed",
             Err(ReloadError::InUse(_)) => "in_use",
-            Err(ReloadError::Store(_)) => "error",
+            Err(ReloadError::Store(_) | ReloadError::Load(_)) => "error",
         };
         metrics::counter!("jitbridge_config_reload_total", "result" => label).increment(1);
         match &result {

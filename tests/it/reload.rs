@@ -4,22 +4,31 @@
 //! deadline and provider.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use jitbridge::grants::GrantState;
 use jitbridge::reload::{ReloadError, ReloadReport};
 use jitbridge_sim::jira::users::{ALICE, BOB, CAROL};
 
-use crate::harness::{Harness, MAPPING};
+use crate::harness::{ADMIN_TOKEN, Harness, MAPPING};
 
 /// The mapping file the harness writes.
 fn mapping_file(h: &Harness) -> std::path::PathBuf {
     h.dir.path().join("mappings/local-admin.toml")
 }
 
-/// Loads the files as they are now and hands them to the running daemon, as SIGHUP does.
+/// Points the daemon's reloader at the test secrets (instead of the process environment).
+fn read_with_test_secrets(h: &Harness) {
+    let path = h.config_path.clone();
+    h.daemon().reloader().set_source(Arc::new(move || {
+        jitbridge::config::load(&path, &HashMap::new(), &Harness::secrets())
+    }));
+}
+
+/// Reads the files as they are now into the running daemon: what SIGHUP does.
 async fn reload(h: &Harness) -> Result<ReloadReport, ReloadError> {
-    let loaded = jitbridge::config::load(&h.config_path, &HashMap::new(), &Harness::secrets());
-    h.daemon().reloader().apply(loaded).await
+    read_with_test_secrets(h);
+    h.daemon().reloader().reload().await
 }
 
 async fn raise_and_approve(h: &Harness, target: &str, duration: &str) -> String {
@@ -173,4 +182,47 @@ async fn a_changed_listener_address_is_not_reloaded_and_says_a_restart_is_needed
         "{err}"
     );
     assert!(err.to_string().contains("restart needed"), "{err}");
+}
+
+#[tokio::test]
+async fn the_reload_endpoint_needs_the_admin_token_and_answers_with_the_outcome() {
+    let h = Harness::start().await;
+    read_with_test_secrets(&h);
+    let url = h.admin_url("/api/v1/config/reload");
+    let anonymous = h.http.post(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    let ok = h
+        .http
+        .post(&url)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let body: serde_json::Value = ok.json().await.unwrap();
+    assert_eq!(body["status"], "reloaded");
+    assert_eq!(body["mappings"], 1);
+    assert_eq!(body["connectors"], 1);
+
+    std::fs::write(
+        mapping_file(&h),
+        MAPPING.replace("requester.email", "requester.mail"),
+    )
+    .unwrap();
+    let refused = h
+        .http
+        .post(&url)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "config_invalid");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("local-admin.toml:8") && detail.contains("`requester` has no `mail`"),
+        "{detail}"
+    );
 }
