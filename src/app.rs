@@ -281,15 +281,21 @@ fn serve(
     });
 }
 
-/// Checks each connector at start and every minute; failures are reported, never fatal, so the
-/// daemon keeps revoking while an ITSM is down.
+/// Checks each connector in force at start and every minute; failures are reported, never
+/// fatal, so the daemon keeps revoking while an ITSM is down.
 async fn health_checks(
     connectors: LiveConnectors,
     health: ConnectorHealth,
     shutdown: CancellationToken,
 ) {
     loop {
-        for reg in connectors.all() {
+        let current = connectors.all();
+        // A reload may have removed connectors: report only those in force.
+        health
+            .write()
+            .await
+            .retain(|id, _| current.iter().any(|r| r.connector.id() == id));
+        for reg in current {
             let id = reg.connector.id().to_owned();
             let status = match reg.connector.healthcheck().await {
                 Ok(()) => "ok".to_owned(),
