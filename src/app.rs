@@ -12,13 +12,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState, ConnectorHealth};
 use crate::clock::SharedClock;
-use crate::config::{Config, StoreLocation};
+use crate::config::live::LiveConnectors;
+use crate::config::{Active, Config, LiveConfig, StoreLocation};
 use crate::connectors::Registry;
 use crate::grants::service::{GrantService, ServiceSettings, Wakers};
 use crate::inbox::InboxWorker;
 use crate::ingress::{self, IngressState};
 use crate::outbox::provider_worker::ProviderWorker;
 use crate::outbox::writeback_worker::WritebackWorker;
+use crate::reload::Reloader;
 use crate::scheduler::Scheduler;
 use crate::server::ConnectionLimits;
 use crate::store::{Store, StoreError};
@@ -70,6 +72,7 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     /// The grant service (tests and tools drive it directly).
     pub service: GrantService,
+    reloader: Reloader,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -91,6 +94,11 @@ impl Running {
         }
     }
 
+    /// Swaps in a new configuration (what SIGHUP and the reload endpoint call).
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
     /// The token that stops the daemon.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -105,7 +113,23 @@ pub async fn start_with_store(
 ) -> Result<Running, AppError> {
     let shutdown = CancellationToken::new();
     let client = http_client()?;
-    let connectors = Registry::build(&config.connectors, &client);
+    let live = LiveConfig::new(Active {
+        mappings: config.mappings.clone(),
+        connectors: Registry::build(&config.connectors, &client),
+        providers: config.providers.clone(),
+    });
+    let reloader = Reloader::new(
+        &config,
+        live.clone(),
+        store.clone(),
+        clock.clone(),
+        client.clone(),
+    );
+    reloader.record_start();
+    for w in &config.warnings {
+        tracing::warn!(warning = %w, "configuration warning");
+    }
+    let connectors = live.connectors();
     let wakers = Wakers::default();
     let inbox_wake = Arc::new(tokio::sync::Notify::new());
     let apply_window = jiff::SignedDuration::try_from(config.workers.apply_window)
@@ -113,7 +137,7 @@ pub async fn start_with_store(
     let service = GrantService::new(
         store.clone(),
         clock.clone(),
-        config.mappings.clone(),
+        live.mappings(),
         connectors.clone(),
         wakers.clone(),
         ServiceSettings { apply_window },
@@ -132,6 +156,7 @@ pub async fn start_with_store(
         token: config.admin.token.clone(),
         health: health.clone(),
         metrics: admin::metrics_handle(),
+        reloader: reloader.clone(),
     };
     if config.admin.token.is_none() {
         tracing::warn!("no admin token configured: the admin API (/api/v1/) is disabled");
@@ -211,7 +236,7 @@ pub async fn start_with_store(
     let token = shutdown.clone();
     let worker = ProviderWorker::new(
         service.clone(),
-        config.providers.clone(),
+        live.providers(),
         w.clone(),
         wakers.provider.clone(),
     );
@@ -236,6 +261,7 @@ pub async fn start_with_store(
         webhook_addr,
         admin_addr,
         service,
+        reloader,
         shutdown,
         tasks,
     })
@@ -266,11 +292,21 @@ fn serve(
     ));
 }
 
-/// Checks each connector at start and every minute; failures are reported, never fatal, so the
-/// daemon keeps revoking while an ITSM is down.
-async fn health_checks(connectors: Registry, health: ConnectorHealth, shutdown: CancellationToken) {
+/// Checks each connector in force at start and every minute; failures are reported, never
+/// fatal, so the daemon keeps revoking while an ITSM is down.
+async fn health_checks(
+    connectors: LiveConnectors,
+    health: ConnectorHealth,
+    shutdown: CancellationToken,
+) {
     loop {
-        for reg in connectors.iter() {
+        let current = connectors.all();
+        // A reload may have removed connectors: report only those in force.
+        health
+            .write()
+            .await
+            .retain(|id, _| current.iter().any(|r| r.connector.id() == id));
+        for reg in current {
             let id = reg.connector.id().to_owned();
             let status = match reg.connector.healthcheck().await {
                 Ok(()) => "ok".to_owned(),

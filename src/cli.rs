@@ -90,7 +90,13 @@ impl AdminClient {
 }
 
 /// `jitbridge explain`.
-pub fn explain(config: &Path, connector: &str, payload: &Path, json: bool) -> Result<ExitCode> {
+pub fn explain(
+    config: &Path,
+    connector: &str,
+    payload: &Path,
+    at: Option<jiff::Timestamp>,
+    json: bool,
+) -> Result<ExitCode> {
     let cfg = jitbridge::config::load(
         config,
         &jitbridge::config::process_env(),
@@ -109,7 +115,8 @@ pub fn explain(config: &Path, connector: &str, payload: &Path, json: bool) -> Re
             known.join(", ")
         );
     };
-    let x = jitbridge::explain::explain(reg.connector.as_ref(), &cfg.mappings, &body)
+    let at = at.unwrap_or_else(jiff::Timestamp::now);
+    let x = jitbridge::explain::explain(reg, &cfg.mappings, &body, at)
         .map_err(|e| anyhow!("{}: {e}", payload.display()))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&x)?);

@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::NewAudit;
 use crate::config::WorkerSettings;
-use crate::connectors::{RawDelivery, Registry};
+use crate::config::live::LiveConnectors;
+use crate::connectors::RawDelivery;
 use crate::grants::service::GrantService;
 use crate::outbox::{backoff, next_attempt};
 use crate::store::{Delivery, DeliveryOutcome, StoreError};
@@ -25,7 +26,7 @@ const IDLE_POLL: Duration = Duration::from_millis(500);
 /// Processes inbox deliveries one at a time, in order.
 pub struct InboxWorker {
     service: GrantService,
-    connectors: Registry,
+    connectors: LiveConnectors,
     settings: WorkerSettings,
     wake: Arc<Notify>,
     id: String,
@@ -35,7 +36,7 @@ impl InboxWorker {
     /// A worker feeding `service` from the inbox.
     pub fn new(
         service: GrantService,
-        connectors: Registry,
+        connectors: LiveConnectors,
         settings: WorkerSettings,
         wake: Arc<Notify>,
     ) -> Self {

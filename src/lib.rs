@@ -21,6 +21,7 @@ pub mod mapping; // admin mapping files: ticket event -> grant intent
 pub mod outbox; // durable provider and writeback jobs with retry schedules
 pub mod policy; // who may approve what, where, for how long (pure)
 pub mod providers; // elevation providers: signed webhook, command
+pub mod reload; // swaps mappings, connectors and providers of a running daemon, all or nothing
 pub mod scheduler; // expiry: revoke every active grant at its deadline
 pub mod server; // HTTP/1.1 accept loop: header timeout, connection cap, graceful drain
 pub mod signatures; // HMAC and Standard Webhooks signing and verification (pure)

@@ -49,6 +49,10 @@ enum Command {
         /// JSON file holding the delivery body.
         #[arg(long)]
         payload: PathBuf,
+        /// Evaluate time-dependent policy (`hours`) at this instant (RFC 3339, e.g.
+        /// 2026-03-02T09:30:00Z) instead of now.
+        #[arg(long)]
+        at: Option<jiff::Timestamp>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -179,10 +183,12 @@ async fn run(command: Command) -> Result<ExitCode> {
             // Register for signals before anything starts, so an early SIGTERM still shuts down
             // gracefully instead of killing the process.
             let signal = shutdown_signal()?;
+            let reload = reload_signal()?;
             let cfg =
                 load(&config).with_context(|| format!("cannot start with {}", config.display()))?;
             let running =
                 jitbridge::app::start(cfg, Arc::new(jitbridge::clock::SystemClock)).await?;
+            tokio::spawn(reload_on_signal(reload, running.reloader()));
             let token = running.shutdown_token();
             tokio::spawn(async move {
                 signal.await;
@@ -198,12 +204,16 @@ async fn run(command: Command) -> Result<ExitCode> {
             &jitbridge::config::ProcessEnv,
         ) {
             Ok(cfg) => {
+                for w in &cfg.warnings {
+                    println!("warning: {w}");
+                }
                 println!(
-                    "{}: valid ({} connector(s), {} mapping(s), {} provider(s))",
+                    "{}: valid ({} connector(s), {} mapping(s), {} provider(s), {} warning(s))",
                     config.display(),
                     cfg.connectors.len(),
                     cfg.mappings.len(),
-                    cfg.providers.len()
+                    cfg.providers.len(),
+                    cfg.warnings.len()
                 );
                 Ok(ExitCode::SUCCESS)
             }
@@ -216,8 +226,9 @@ async fn run(command: Command) -> Result<ExitCode> {
             config,
             connector,
             payload,
+            at,
             json,
-        } => cli::explain(&config, &connector, &payload, json),
+        } => cli::explain(&config, &connector, &payload, at, json),
         Command::Grants {
             command:
                 GrantsCommand::List {
@@ -247,6 +258,37 @@ async fn run(command: Command) -> Result<ExitCode> {
             command: AuditCommand::Export { config, ticket },
         } => cli::audit_export(&config, &ticket).await,
     }
+}
+
+/// Reloads the configuration files each time `signals` yields (SIGHUP). A refused reload is
+/// logged and counted by the reloader and leaves the running configuration in force.
+async fn reload_on_signal(
+    mut signals: impl futures::Stream<Item = ()> + Unpin,
+    reloader: jitbridge::reload::Reloader,
+) {
+    use futures::StreamExt;
+    while signals.next().await.is_some() {
+        tracing::info!("SIGHUP: reloading the configuration");
+        // The outcome is logged and counted by the reloader.
+        let _ = reloader.reload().await;
+    }
+}
+
+/// SIGHUP, registered now, as a stream.
+#[cfg(unix)]
+fn reload_signal() -> Result<impl futures::Stream<Item = ()> + Unpin> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    Ok(Box::pin(futures::stream::unfold(
+        hup,
+        |mut hup| async move { hup.recv().await.map(|()| ((), hup)) },
+    )))
+}
+
+/// No SIGHUP: reloads come through the admin API only.
+#[cfg(not(unix))]
+fn reload_signal() -> Result<impl futures::Stream<Item = ()> + Unpin> {
+    Ok(futures::stream::pending())
 }
 
 /// SIGTERM or ctrl-c, registered now.

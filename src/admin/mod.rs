@@ -36,6 +36,8 @@ pub struct AdminState {
     pub token: Option<SecretString>,
     pub health: ConnectorHealth,
     pub metrics: PrometheusHandle,
+    /// Applies a re-read configuration (`POST /api/v1/config/reload`).
+    pub reloader: crate::reload::Reloader,
 }
 
 /// The process-wide Prometheus recorder (installed once; later calls share it).
@@ -76,6 +78,7 @@ pub fn api_router(state: AdminState) -> axum::Router {
         .route("/api/v1/outbox/{id}/retry", post(retry_job))
         .route("/api/v1/audit/verify", get(audit_verify))
         .route("/api/v1/audit", get(audit_export))
+        .route("/api/v1/config/reload", post(reload_config))
         .with_state(state)
 }
 
@@ -396,6 +399,37 @@ pub async fn verify_audit(store: &dyn Store) -> Result<serde_json::Value, StoreE
             Err(e) => {
                 return Ok(json!({"ok": false, "records_checked": prev.0, "error": e.to_string()}));
             }
+        }
+    }
+}
+
+/// `POST /api/v1/config/reload`: what SIGHUP does, with the outcome in the answer. `200` with
+/// what is now in force (and the warnings); `422` when the files are invalid, `409` when the
+/// change needs a restart or removes what live grants use; the running configuration is then
+/// unchanged.
+async fn reload_config(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    use crate::reload::ReloadError;
+    authorize(&state, &headers)?;
+    match state.reloader.reload().await {
+        Ok(r) => Ok(Json(json!({
+            "status": "reloaded", "connectors": r.connectors, "mappings": r.mappings,
+            "providers": r.providers,
+            "warnings": r.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        }))
+        .into_response()),
+        Err(e) => {
+            let (status, code) = match &e {
+                ReloadError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "config_invalid"),
+                ReloadError::RestartNeeded(_) => (StatusCode::CONFLICT, "restart_needed"),
+                ReloadError::InUse(_) => (StatusCode::CONFLICT, "in_use_by_live_grants"),
+                ReloadError::Store(_) | ReloadError::Load(_) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "reload_failed")
+                }
+            };
+            Err(ApiError::new(status, code, e.to_string()))
         }
     }
 }

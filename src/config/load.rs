@@ -407,6 +407,12 @@ pub fn validate(
         }
     };
 
+    // The deeper checks of `jitbridge check` (names templates and CEL use, overlapping
+    // conditions, durations above caps); they skip what the loader already reported.
+    let lints = crate::mapping::lint(mapping_files);
+    problems.extend(lints.errors);
+    let warnings = lints.warnings;
+
     if !problems.is_empty() {
         return Err(Problems(problems));
     }
@@ -420,6 +426,7 @@ pub fn validate(
         connectors,
         providers,
         mappings: Arc::new(mappings),
+        warnings,
     })
 }
 
@@ -536,7 +543,15 @@ mod tests {
     fn server_problems(text: &str) -> Vec<Problem> {
         let file = Path::new("jitbridge.toml");
         let raw = parse_main(file, text, &HashMap::new()).expect("parses");
-        match validate(file, Path::new("."), &raw, &[], &[], &MapSecrets::default(), &PolicyFiles::default()) {
+        match validate(
+            file,
+            Path::new("."),
+            &raw,
+            &[],
+            &[],
+            &MapSecrets::default(),
+            &PolicyFiles::default(),
+        ) {
             Ok(_) => Vec::new(),
             Err(Problems(all)) => all
                 .into_iter()
@@ -550,7 +565,16 @@ mod tests {
         let file = Path::new("jitbridge.toml");
         let raw = parse_main(file, "", &HashMap::new()).unwrap();
         let secrets = MapSecrets::default();
-        let config = validate(file, Path::new("."), &raw, &[], &[], &secrets, &PolicyFiles::default()).expect("valid");
+        let config = validate(
+            file,
+            Path::new("."),
+            &raw,
+            &[],
+            &[],
+            &secrets,
+            &PolicyFiles::default(),
+        )
+        .expect("valid");
         assert_eq!(config.server.header_timeout, Duration::from_secs(10));
         assert_eq!(config.server.request_timeout, Duration::from_secs(10));
         assert_eq!(config.server.max_connections, 1024);

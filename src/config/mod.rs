@@ -2,11 +2,13 @@
 //! network or environment access): secrets come through a [`SecretSource`], files are read by
 //! the loader first. Every problem names the file, the key and why ([`Problem`]).
 
+pub mod live;
 pub mod load;
 pub mod raw;
 pub mod secrets;
 pub mod settings;
 
+pub use live::{Active, LiveConfig};
 pub use load::{load, process_env};
 pub use secrets::{DryRunSecrets, MapSecrets, ProcessEnv, SecretSource};
 pub use settings::{
@@ -17,7 +19,8 @@ use std::path::PathBuf;
 
 /// One configuration problem, precise enough to fix without reading the code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}{}: {key}: {why}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+#[error("{}{}: {key}: {why}{}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default(),
+    hint.as_ref().map(|h| format!("\n    hint: {h}")).unwrap_or_default())]
 pub struct Problem {
     /// The file the problem is in.
     pub file: PathBuf,
@@ -27,6 +30,8 @@ pub struct Problem {
     pub key: String,
     /// What is wrong and, where possible, how to fix it. Never contains a secret value.
     pub why: String,
+    /// How to fix it, when that is not already said in `why` (printed as `hint:`).
+    pub hint: Option<String>,
 }
 
 impl Problem {
@@ -37,7 +42,14 @@ impl Problem {
             line: None,
             key: key.into(),
             why: why.into(),
+            hint: None,
         }
+    }
+
+    /// The same problem with a fix hint.
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
     }
 
     /// The same problem with a line number.

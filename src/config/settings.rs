@@ -30,6 +30,9 @@ pub struct Config {
     /// Built providers by name.
     pub providers: BTreeMap<String, Arc<dyn ElevationProvider>>,
     pub mappings: Arc<MappingSet>,
+    /// Findings of `jitbridge check` that do not stop the daemon (e.g. mappings that could
+    /// both match one ticket); printed by `check`, logged at start and on reload.
+    pub warnings: Vec<super::Problem>,
 }
 
 impl std::fmt::Debug for Config {

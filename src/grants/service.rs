@@ -14,10 +14,9 @@ use super::lifetime::{self, Renewal};
 use super::{Grant, GrantEvent, GrantState, InvalidTransition, RevokeCause, next_state};
 use crate::audit::NewAudit;
 use crate::clock::SharedClock;
-use crate::connectors::{Confirmation, ConnectorError, Registry, Writeback, WritebackAction};
-use crate::mapping::{
-    GrantSpec, Mapping, MappingSet, Note, Trigger, stored_context, template_context,
-};
+use crate::config::live::{LiveConnectors, LiveMappings};
+use crate::connectors::{Confirmation, ConnectorError, Writeback, WritebackAction};
+use crate::mapping::{GrantSpec, Mapping, Note, Trigger, stored_context, template_context};
 use crate::outbox::{provider_job, writeback_job};
 use crate::policy::auto::AutoApprove;
 use crate::policy::{ApproverSource, Facts, PolicyInput, Verdict};
@@ -101,8 +100,8 @@ pub struct ServiceSettings {
 pub struct GrantService {
     store: Arc<dyn Store>,
     clock: SharedClock,
-    mappings: Arc<MappingSet>,
-    connectors: Registry,
+    mappings: LiveMappings,
+    connectors: LiveConnectors,
     wakers: Wakers,
     settings: ServiceSettings,
 }
@@ -122,8 +121,8 @@ impl GrantService {
     pub fn new(
         store: Arc<dyn Store>,
         clock: SharedClock,
-        mappings: Arc<MappingSet>,
-        connectors: Registry,
+        mappings: LiveMappings,
+        connectors: LiveConnectors,
         wakers: Wakers,
         settings: ServiceSettings,
     ) -> Self {
@@ -150,11 +149,13 @@ impl GrantService {
     /// Handles one normalized event for every mapping of its connector that matches it.
     pub async fn handle_event(&self, event: &TicketEvent) -> Result<Vec<Outcome>, ServiceError> {
         let mut outcomes = Vec::new();
-        for evaluation in self.mappings.evaluate(event) {
+        // One snapshot for the whole event, so a reload cannot swap mappings mid-decision.
+        let mappings = self.mappings.current();
+        for evaluation in mappings.evaluate(event) {
             if evaluation.matched != Ok(true) {
                 continue;
             }
-            let Some(mapping) = self.mappings.get(&evaluation.mapping) else {
+            let Some(mapping) = mappings.get(&evaluation.mapping) else {
                 continue;
             };
             // A conflict means another worker changed the grant between our read and our commit:
@@ -1093,7 +1094,7 @@ impl GrantService {
         rows.audit.push(self.audit_for(&grant, &format!("grant.{next}"), input.actor.clone(), json!({
             "from": from, "to": next, "event": event, "reason": input.reason, "detail": input.detail,
         })));
-        if let Some(mapping) = self.mappings.get(&grant.mapping) {
+        if let Some(mapping) = self.mappings.current().get(&grant.mapping) {
             rows.jobs
                 .extend(self.writebacks(mapping, &grant, input.reason.as_deref()));
             if let Some((note, extra)) = &input.note {
@@ -1625,7 +1626,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::mapping::Known;
+    use crate::mapping::{Known, MappingSet};
     use crate::ticket::{Approval, EventKind, Ticket};
 
     fn mappings(on_approve: &str) -> MappingSet {

@@ -23,7 +23,8 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::clock::SharedClock;
-use crate::connectors::{RawDelivery, Registry};
+use crate::config::live::LiveConnectors;
+use crate::connectors::RawDelivery;
 use crate::http::ApiError;
 use crate::store::{InsertOutcome, NewDelivery, Store};
 use auth::{Inbound, Unverified};
@@ -33,7 +34,7 @@ use auth::{Inbound, Unverified};
 pub struct IngressState {
     pub store: Arc<dyn Store>,
     pub clock: SharedClock,
-    pub connectors: Registry,
+    pub connectors: LiveConnectors,
     /// Wakes the inbox worker after a commit.
     pub inbox_wake: Arc<Notify>,
 }

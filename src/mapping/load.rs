@@ -83,7 +83,7 @@ pub(super) fn load(
 }
 
 /// The 1-based line of a span's start, safe for any offset.
-fn line(text: &str, span: Range<usize>) -> Option<usize> {
+pub(super) fn line(text: &str, span: Range<usize>) -> Option<usize> {
     let mut at = span.start.min(text.len());
     while !text.is_char_boundary(at) {
         at -= 1;
@@ -92,7 +92,7 @@ fn line(text: &str, span: Range<usize>) -> Option<usize> {
 }
 
 /// Parses one file, turning TOML's error into a problem with key path and line.
-fn parse(path: &Path, text: &str) -> Result<RawFile, Problem> {
+pub(super) fn parse(path: &Path, text: &str) -> Result<RawFile, Problem> {
     let problem = |key: String, e: &toml::de::Error| {
         Problem::new(path, key, e.message().trim().to_owned())
             .at_line(e.span().and_then(|s| line(text, s)))

@@ -10,6 +10,7 @@
 
 pub(crate) mod condition;
 mod context;
+mod lint;
 mod load;
 mod raw;
 mod template;
@@ -26,6 +27,7 @@ use crate::policy::{Facts, Policy, PolicyInput, Verdict};
 use crate::ticket::{EventKind, TicketEvent};
 
 pub use context::{stored_context, template_context, writeback_context};
+pub use lint::{Lints, lint};
 
 use condition::{CelVariables, Condition, ConditionFailure};
 
@@ -342,6 +344,11 @@ impl Mapping {
     /// The elevation provider's name.
     pub fn provider(&self) -> &str {
         &self.provider
+    }
+
+    /// The `when` expression as written, so `jitbridge explain` can show what it evaluated.
+    pub fn when_source(&self) -> &str {
+        self.condition.source()
     }
 
     /// Evaluates `when` against the event. A CEL error or a non-boolean result is an error the

@@ -4,7 +4,6 @@
 //! `revoke_alarm_after` failures the grant turns `revoke_failed` (alarm) and retries continue at
 //! a capped interval until the provider confirms.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ProviderJob, backoff, next_attempt};
 use crate::config::WorkerSettings;
+use crate::config::live::LiveProviders;
 use crate::grants::service::GrantService;
 use crate::grants::{Grant, GrantState};
-use crate::providers::{ElevationProvider, ProviderAction, call_for};
+use crate::providers::{ProviderAction, call_for};
 use crate::store::{Job, Lane};
 
 /// How long a claimed provider job is leased (longer than any provider timeout).
@@ -29,7 +29,7 @@ const IDLE_POLL: Duration = Duration::from_millis(500);
 /// The provider-lane worker.
 pub struct ProviderWorker {
     service: GrantService,
-    providers: BTreeMap<String, Arc<dyn ElevationProvider>>,
+    providers: LiveProviders,
     settings: WorkerSettings,
     wake: Arc<Notify>,
     id: String,
@@ -39,7 +39,7 @@ impl ProviderWorker {
     /// A worker that calls `providers` on behalf of `service`.
     pub fn new(
         service: GrantService,
-        providers: BTreeMap<String, Arc<dyn ElevationProvider>>,
+        providers: LiveProviders,
         settings: WorkerSettings,
         wake: Arc<Notify>,
     ) -> Self {

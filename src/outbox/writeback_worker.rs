@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use super::{backoff, next_attempt};
 use crate::clock::SharedClock;
 use crate::config::WorkerSettings;
-use crate::connectors::{Registry, Writeback};
+use crate::config::live::LiveConnectors;
+use crate::connectors::Writeback;
 use crate::store::{Job, Lane, Store, StoreError};
 
 const LEASE: SignedDuration = SignedDuration::from_secs(120);
@@ -25,7 +26,7 @@ const IDLE_POLL: Duration = Duration::from_millis(500);
 pub struct WritebackWorker {
     store: Arc<dyn Store>,
     clock: SharedClock,
-    connectors: Registry,
+    connectors: LiveConnectors,
     settings: WorkerSettings,
     wake: Arc<Notify>,
     id: String,
@@ -38,7 +39,7 @@ impl WritebackWorker {
     pub fn new(
         store: Arc<dyn Store>,
         clock: SharedClock,
-        connectors: Registry,
+        connectors: LiveConnectors,
         settings: WorkerSettings,
         wake: Arc<Notify>,
     ) -> Self {

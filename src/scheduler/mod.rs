@@ -161,11 +161,16 @@ revoke = { status = ["Done"] }
         let mappings =
             MappingSet::from_files(&[(PathBuf::from("m.toml"), MAPPING.to_owned())], &known)
                 .unwrap();
+        let live = crate::config::live::LiveConfig::new(crate::config::live::Active {
+            mappings: Arc::new(mappings),
+            connectors: Default::default(),
+            providers: Default::default(),
+        });
         let service = GrantService::new(
             store.clone(),
             Arc::new(clock.clone()),
-            Arc::new(mappings),
-            Default::default(),
+            live.mappings(),
+            live.connectors(),
             Wakers::default(),
             ServiceSettings {
                 apply_window: SignedDuration::from_secs(30),

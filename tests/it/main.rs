@@ -5,12 +5,14 @@
 mod harness;
 
 mod cli;
+mod explain;
 mod freshservice_flow;
 mod hostile_http;
 mod ingress;
 mod jira_flow;
 mod lifetime_flow;
 mod policy_flow;
+mod reload;
 mod resilience;
 mod scopes_flow;
 mod secrets;
