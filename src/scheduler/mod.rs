@@ -183,3 +183,356 @@ impl Scheduler {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use async_trait::async_trait;
+    use jiff::{SignedDuration, Timestamp};
+
+    use super::*;
+    use crate::audit::{AuditRecord, NewAudit};
+    use crate::clock::{ManualClock, SharedClock};
+    use crate::config::WorkerSettings;
+    use crate::connectors::Registry;
+    use crate::grants::GrantState;
+    use crate::grants::service::{ServiceSettings, Wakers};
+    use crate::mapping::MappingSet;
+    use crate::outbox::provider_worker::ProviderWorker;
+    use crate::providers::{ProviderCall, ProviderError};
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{
+        Commit, Delivery, DeliveryOutcome, GrantFilter, InsertOutcome, Job, JobState, Lane,
+        LiveGrantCounts, NewDelivery, OutboxStats, Store,
+    };
+    use crate::ticket::TicketRef;
+
+    /// A SQLite store whose grant commits fail while `failing` is set (a full disk, a lost
+    /// volume): reads still work, as they do when only writes break.
+    struct CommitsFailWhile {
+        inner: SqliteStore,
+        failing: AtomicBool,
+    }
+
+    impl CommitsFailWhile {
+        fn refused(&self) -> Option<StoreError> {
+            self.failing
+                .load(Ordering::SeqCst)
+                .then(|| StoreError::Unavailable("disk I/O error (simulated)".into()))
+        }
+    }
+
+    #[async_trait]
+    impl Store for CommitsFailWhile {
+        async fn ping(&self) -> Result<(), StoreError> {
+            self.inner.ping().await
+        }
+        async fn release_stale_leases(&self) -> Result<u64, StoreError> {
+            self.inner.release_stale_leases().await
+        }
+        async fn insert_delivery(&self, d: NewDelivery) -> Result<InsertOutcome, StoreError> {
+            self.inner.insert_delivery(d).await
+        }
+        async fn claim_deliveries(
+            &self,
+            worker: &str,
+            now: Timestamp,
+            lease: SignedDuration,
+            limit: u32,
+        ) -> Result<Vec<Delivery>, StoreError> {
+            self.inner.claim_deliveries(worker, now, lease, limit).await
+        }
+        async fn finish_delivery(
+            &self,
+            id: Uuid,
+            outcome: DeliveryOutcome,
+        ) -> Result<(), StoreError> {
+            self.inner.finish_delivery(id, outcome).await
+        }
+        async fn retry_delivery(
+            &self,
+            id: Uuid,
+            not_before: Timestamp,
+            error: &str,
+        ) -> Result<(), StoreError> {
+            self.inner.retry_delivery(id, not_before, error).await
+        }
+        async fn commit(&self, c: Commit) -> Result<(), StoreError> {
+            match self.refused() {
+                Some(e) => Err(e),
+                None => self.inner.commit(c).await,
+            }
+        }
+        async fn commit_many(&self, commits: Vec<Commit>) -> Vec<Result<(), StoreError>> {
+            if self.refused().is_some() {
+                return commits
+                    .iter()
+                    .filter_map(|_| self.refused())
+                    .map(Err)
+                    .collect();
+            }
+            self.inner.commit_many(commits).await
+        }
+        async fn get_grant(&self, id: Uuid) -> Result<Option<Grant>, StoreError> {
+            self.inner.get_grant(id).await
+        }
+        async fn live_grant(
+            &self,
+            connector: &str,
+            ticket_id: &str,
+            mapping: &str,
+        ) -> Result<Option<Grant>, StoreError> {
+            self.inner.live_grant(connector, ticket_id, mapping).await
+        }
+        async fn latest_grant(
+            &self,
+            connector: &str,
+            ticket_id: &str,
+            mapping: &str,
+        ) -> Result<Option<Grant>, StoreError> {
+            self.inner.latest_grant(connector, ticket_id, mapping).await
+        }
+        async fn list_grants(&self, filter: &GrantFilter) -> Result<Vec<Grant>, StoreError> {
+            self.inner.list_grants(filter).await
+        }
+        async fn count_grants_by_state(&self) -> Result<Vec<(GrantState, i64)>, StoreError> {
+            self.inner.count_grants_by_state().await
+        }
+        async fn due_grants(&self, now: Timestamp, limit: u32) -> Result<Vec<Grant>, StoreError> {
+            self.inner.due_grants(now, limit).await
+        }
+        async fn next_deadline(&self) -> Result<Option<Timestamp>, StoreError> {
+            self.inner.next_deadline().await
+        }
+        async fn count_live_grants(
+            &self,
+            subject: &str,
+            target: &str,
+        ) -> Result<LiveGrantCounts, StoreError> {
+            self.inner.count_live_grants(subject, target).await
+        }
+        async fn claim_jobs(
+            &self,
+            lane: Lane,
+            worker: &str,
+            now: Timestamp,
+            lease: SignedDuration,
+            limit: u32,
+        ) -> Result<Vec<Job>, StoreError> {
+            self.inner.claim_jobs(lane, worker, now, lease, limit).await
+        }
+        async fn complete_job(&self, id: Uuid) -> Result<(), StoreError> {
+            self.inner.complete_job(id).await
+        }
+        async fn reschedule_job(
+            &self,
+            id: Uuid,
+            attempts: i32,
+            next_at: Timestamp,
+            error: &str,
+        ) -> Result<(), StoreError> {
+            self.inner
+                .reschedule_job(id, attempts, next_at, error)
+                .await
+        }
+        async fn dead_letter_job(
+            &self,
+            id: Uuid,
+            attempts: i32,
+            error: &str,
+        ) -> Result<(), StoreError> {
+            self.inner.dead_letter_job(id, attempts, error).await
+        }
+        async fn retry_dead_job(&self, id: Uuid, now: Timestamp) -> Result<bool, StoreError> {
+            self.inner.retry_dead_job(id, now).await
+        }
+        async fn list_jobs(&self, state: JobState, limit: u32) -> Result<Vec<Job>, StoreError> {
+            self.inner.list_jobs(state, limit).await
+        }
+        async fn outbox_stats(
+            &self,
+            lane: Lane,
+            now: Timestamp,
+        ) -> Result<OutboxStats, StoreError> {
+            self.inner.outbox_stats(lane, now).await
+        }
+        async fn append_audit(&self, records: Vec<NewAudit>) -> Result<(), StoreError> {
+            self.inner.append_audit(records).await
+        }
+        async fn audit_records(
+            &self,
+            after: i64,
+            limit: u32,
+        ) -> Result<Vec<AuditRecord>, StoreError> {
+            self.inner.audit_records(after, limit).await
+        }
+    }
+
+    /// An elevation endpoint that records the webhook id of every revoke it receives.
+    #[derive(Default)]
+    struct RecordingProvider {
+        revokes: Mutex<Vec<String>>,
+    }
+
+    impl RecordingProvider {
+        fn revoke_ids(&self) -> Vec<String> {
+            self.revokes.lock().unwrap().clone()
+        }
+    }
+
+    #[async_trait]
+    impl ElevationProvider for RecordingProvider {
+        fn name(&self) -> &str {
+            "p"
+        }
+        async fn apply(&self, _call: &ProviderCall) -> Result<(), ProviderError> {
+            Ok(())
+        }
+        async fn revoke(&self, call: &ProviderCall) -> Result<(), ProviderError> {
+            self.revokes.lock().unwrap().push(call.webhook_id.clone());
+            Ok(())
+        }
+    }
+
+    fn active_grant(expires_at: Timestamp) -> Grant {
+        Grant {
+            id: Uuid::now_v7(),
+            ticket: TicketRef {
+                connector: "jira".into(),
+                id: "10087".into(),
+                key: "IT-87".into(),
+                url: None,
+            },
+            mapping: "laptop-admin".into(),
+            state: GrantState::Active,
+            subject: "ana@example.com".into(),
+            target: "WS-1".into(),
+            scope: "local-admin".into(),
+            provider: "p".into(),
+            duration: SignedDuration::from_hours(1),
+            requester: None,
+            approvers: Vec::new(),
+            requested_at: expires_at - SignedDuration::from_hours(1),
+            approved_at: Some(expires_at - SignedDuration::from_hours(1)),
+            starts_at: Some(expires_at - SignedDuration::from_hours(1)),
+            expires_at: Some(expires_at),
+            ended_at: None,
+            revoke_cause: None,
+            reason: None,
+            last_event_at: expires_at - SignedDuration::from_hours(1),
+            context: serde_json::json!({}),
+            version: 1,
+        }
+    }
+
+    fn worker_settings() -> WorkerSettings {
+        WorkerSettings {
+            apply_window: Duration::from_secs(600),
+            retry_initial: Duration::from_millis(10),
+            retry_max: Duration::from_millis(100),
+            revoke_retry_max: Duration::from_millis(100),
+            revoke_alarm_after: 10,
+            writeback_max_attempts: 3,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deadline_the_store_cannot_commit_is_still_revoked_and_recorded_once_it_can() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = Timestamp::from_second(1_800_000_000).unwrap();
+        let clock: SharedClock = Arc::new(ManualClock::new(start));
+        let sqlite = SqliteStore::open_with_clock(&dir.path().join("j.db"), clock.clone())
+            .await
+            .unwrap();
+        let grant = active_grant(start - SignedDuration::from_secs(1));
+        sqlite
+            .commit(Commit {
+                grant: grant.clone(),
+                expected_version: None,
+                audit: Vec::new(),
+                jobs: Vec::new(),
+                complete_job: None,
+            })
+            .await
+            .unwrap();
+        let store = Arc::new(CommitsFailWhile {
+            inner: sqlite,
+            failing: AtomicBool::new(true),
+        });
+        let service = GrantService::new(
+            store.clone(),
+            clock,
+            Arc::new(MappingSet::default()),
+            Registry::default(),
+            Wakers::default(),
+            ServiceSettings {
+                apply_window: SignedDuration::from_mins(10),
+            },
+        );
+        let provider = Arc::new(RecordingProvider::default());
+        let providers: BTreeMap<String, Arc<dyn ElevationProvider>> = BTreeMap::from([(
+            "p".to_owned(),
+            provider.clone() as Arc<dyn ElevationProvider>,
+        )]);
+        let scheduler = Scheduler::new(service.clone(), Arc::new(Notify::new()))
+            .with_providers(providers.clone());
+        let revoke_id = format!("msg_{}_revoke", grant.id.simple());
+
+        // The store cannot commit: the provider is called anyway, and the commit is retried soon.
+        assert_eq!(scheduler.pass().await.unwrap(), COMMIT_RETRY);
+        assert_eq!(provider.revoke_ids(), vec![revoke_id.clone()]);
+        let unrecorded = store.get_grant(grant.id).await.unwrap().unwrap();
+        assert_eq!(
+            unrecorded.state,
+            GrantState::Active,
+            "nothing was recorded yet"
+        );
+        // Still failing: the commit is retried, the provider is not called again.
+        assert_eq!(scheduler.pass().await.unwrap(), COMMIT_RETRY);
+        assert_eq!(provider.revoke_ids().len(), 1);
+
+        // The store recovers: the deadline is recorded and the durable revoke job completes it.
+        store.failing.store(false, Ordering::SeqCst);
+        scheduler.pass().await.unwrap();
+        assert_eq!(
+            store.get_grant(grant.id).await.unwrap().unwrap().state,
+            GrantState::Expiring
+        );
+        let shutdown = CancellationToken::new();
+        let worker = ProviderWorker::new(
+            service.clone(),
+            providers,
+            worker_settings(),
+            Arc::new(Notify::new()),
+        );
+        let running = tokio::spawn(worker.run(shutdown.clone()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let ended = loop {
+            let g = store.get_grant(grant.id).await.unwrap().unwrap();
+            if g.state.is_terminal() || tokio::time::Instant::now() > deadline {
+                break g;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        shutdown.cancel();
+        running.await.unwrap();
+
+        assert_eq!(ended.state, GrantState::Expired);
+        let kinds: Vec<String> = store
+            .audit_records(0, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.record.grant_id == Some(grant.id))
+            .map(|r| r.record.kind)
+            .collect();
+        assert_eq!(kinds, ["grant.expiring", "grant.expired"]);
+        let ids: HashSet<String> = provider.revoke_ids().into_iter().collect();
+        assert_eq!(
+            ids,
+            HashSet::from([revoke_id]),
+            "one revoke id: the receiver deduplicates the durable call"
+        );
+    }
+}
