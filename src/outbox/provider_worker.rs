@@ -98,23 +98,22 @@ impl ProviderWorker {
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
-        let mut revoked = Vec::new();
+        let (mut revoked_jobs, mut done) = (Vec::new(), Vec::new());
         for (job, result) in handled {
             match result {
                 Ok(Handled::Recorded) => {}
-                Ok(Handled::Revoked(grant)) => revoked.push((job, grant)),
+                Ok(Handled::Revoked(grant)) => {
+                    done.push((*grant, job.id));
+                    revoked_jobs.push(job);
+                }
                 Err(e) => self.release(&job, e).await,
             }
         }
-        if revoked.is_empty() {
+        if done.is_empty() {
             return;
         }
-        let done = revoked
-            .iter()
-            .map(|(job, grant)| (grant.clone(), job.id))
-            .collect();
         let results = self.service.revokes_succeeded(done).await;
-        for ((job, _), result) in revoked.into_iter().zip(results) {
+        for (job, result) in revoked_jobs.into_iter().zip(results) {
             if let Err(e) = result {
                 self.release(&job, e).await;
             }
@@ -239,7 +238,7 @@ impl ProviderWorker {
                 metrics::counter!("jitbridge_provider_calls_total", "provider" => grant.provider.clone(), "action" => "revoke", "outcome" => "ok").increment(1);
                 if ending {
                     // Recorded with the rest of the batch.
-                    return Ok(Handled::Revoked(grant));
+                    return Ok(Handled::Revoked(Box::new(grant)));
                 }
                 store.complete_job(job.id).await?;
             }
@@ -279,5 +278,5 @@ enum Handled {
     Recorded,
     /// The provider confirmed the revoke of this ending grant; the `expired`/`revoked`
     /// transition is committed with the batch.
-    Revoked(Grant),
+    Revoked(Box<Grant>),
 }
