@@ -251,7 +251,8 @@ pub async fn start_with_store(
     );
     tasks.spawn(async move { worker.run(token).await });
     let token = shutdown.clone();
-    let scheduler = Scheduler::new(service.clone(), wakers.scheduler.clone());
+    let scheduler =
+        Scheduler::new(service.clone(), wakers.scheduler.clone()).with_providers(live.providers());
     tasks.spawn(async move { scheduler.run(token).await });
     let token = shutdown.clone();
     tasks.spawn(health_checks(connectors, health, token));

@@ -20,10 +20,11 @@ use crate::outbox::{backoff, next_attempt};
 use crate::store::{Delivery, DeliveryOutcome, StoreError};
 
 const LEASE: SignedDuration = SignedDuration::from_secs(120);
-const BATCH: u32 = 64;
+/// Deliveries claimed at once; their processed marks share one commit.
+const BATCH: u32 = 256;
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
-/// Processes inbox deliveries one at a time, in order.
+/// Processes inbox deliveries one at a time, in order, marking them processed in batches.
 pub struct InboxWorker {
     service: GrantService,
     connectors: LiveConnectors,
@@ -73,19 +74,51 @@ impl InboxWorker {
                 }
                 continue;
             }
+            let mut processed = Vec::with_capacity(batch.len());
             for d in batch {
                 if shutdown.is_cancelled() {
-                    return; // the lease lapses and the delivery is taken again after restart
+                    break; // the rest's leases lapse and they are taken again after restart
                 }
                 let id = d.id;
-                if let Err(e) = self.process(d).await {
-                    tracing::error!(delivery = %id, error = %e, "delivery outcome could not be recorded; it runs again when its lease lapses");
+                match self.process(d).await {
+                    Ok(Some(connector)) => processed.push((id, connector)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(delivery = %id, error = %e, "delivery outcome could not be recorded; it runs again when its lease lapses")
+                    }
+                }
+            }
+            self.finish_processed(processed).await;
+            if shutdown.is_cancelled() {
+                return;
+            }
+        }
+    }
+
+    /// Marks the batch's processed deliveries with one commit instead of one each. Until then a
+    /// crash makes them run again, which handling tolerates (replays are recognized), exactly
+    /// as a crash between handling and marking one delivery always did.
+    async fn finish_processed(&self, processed: Vec<(uuid::Uuid, String)>) {
+        let outcomes = processed
+            .iter()
+            .map(|(id, _)| (*id, DeliveryOutcome::Processed))
+            .collect();
+        let results = self.service.store().finish_deliveries(outcomes).await;
+        for ((id, connector), result) in processed.into_iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    metrics::counter!("jitbridge_deliveries_processed_total", "connector" => connector).increment(1)
+                }
+                Err(e) => {
+                    tracing::error!(delivery = %id, error = %e, "delivery outcome could not be recorded; it runs again when its lease lapses")
                 }
             }
         }
     }
 
-    async fn process(&self, d: Delivery) -> Result<(), StoreError> {
+    /// Handles one delivery. A delivery that was processed is returned (with its connector) to
+    /// be marked with the rest of the batch; retries and rejections are recorded here.
+    async fn process(&self, d: Delivery) -> Result<Option<String>, StoreError> {
         let store = self.service.store();
         let Some(reg) = self.connectors.get(&d.connector) else {
             return self
@@ -93,7 +126,8 @@ impl InboxWorker {
                     &d,
                     format!("connector {:?} is no longer configured", d.connector),
                 )
-                .await;
+                .await
+                .map(|()| None);
         };
         let raw = RawDelivery {
             headers: d.headers.clone(),
@@ -101,7 +135,7 @@ impl InboxWorker {
         };
         let events = match reg.connector.parse(&raw) {
             Ok(e) => e,
-            Err(e) => return self.reject(&d, e.to_string()).await,
+            Err(e) => return self.reject(&d, e.to_string()).await.map(|()| None),
         };
         for event in &events {
             match self.service.handle_event(event).await {
@@ -126,18 +160,16 @@ impl InboxWorker {
                     tracing::warn!(delivery = %d.id, ticket = %event.ticket.key, attempts, error = %e, "delivery will be retried");
                     return store
                         .retry_delivery(d.id, next_attempt(now, delay, retry_after), &e.to_string())
-                        .await;
+                        .await
+                        .map(|()| None);
                 }
                 Err(e) => {
                     tracing::error!(delivery = %d.id, ticket = %event.ticket.key, error = %e, "event could not be applied");
-                    return self.reject(&d, e.to_string()).await;
+                    return self.reject(&d, e.to_string()).await.map(|()| None);
                 }
             }
         }
-        metrics::counter!("jitbridge_deliveries_processed_total", "connector" => d.connector.clone()).increment(1);
-        store
-            .finish_delivery(d.id, DeliveryOutcome::Processed)
-            .await
+        Ok(Some(d.connector))
     }
 
     async fn reject(&self, d: &Delivery, why: String) -> Result<(), StoreError> {

@@ -907,33 +907,62 @@ impl GrantService {
 
     /// The deadline passed: start the revoke.
     pub async fn deadline(&self, grant: Grant) -> Result<Grant, ServiceError> {
-        let input = TransitionInput::system(
-            Some("the granted time is over".into()),
-            json!({"expires_at": grant.expires_at}),
-        );
+        let input = deadline_input(&grant);
         self.step_and_commit_simple(grant, GrantEvent::Deadline, input, None)
             .await
     }
 
+    /// The deadlines of many due grants, committed together (one durable write for the batch,
+    /// so a burst of expiries is not paced by the disk's fsync). One result per grant, in order.
+    pub async fn deadlines(&self, grants: Vec<Grant>) -> Vec<Result<Grant, ServiceError>> {
+        let steps = grants
+            .into_iter()
+            .map(|g| {
+                let input = deadline_input(&g);
+                (g, GrantEvent::Deadline, input, None)
+            })
+            .collect();
+        self.step_and_commit_many(steps).await
+    }
+
     /// The provider confirmed the revoke: the grant has ended.
     pub async fn revoke_succeeded(&self, grant: Grant, job: Uuid) -> Result<Grant, ServiceError> {
+        let mut results = self.revokes_succeeded(vec![(grant, job)]).await;
+        results.pop().unwrap_or_else(|| {
+            Err(ServiceError::Store(StoreError::Unavailable(
+                "the batch commit answered nothing".into(),
+            )))
+        })
+    }
+
+    /// Many confirmed revokes (each with the provider job that did it), committed together.
+    /// One result per grant, in order.
+    pub async fn revokes_succeeded(
+        &self,
+        done: Vec<(Grant, Uuid)>,
+    ) -> Vec<Result<Grant, ServiceError>> {
         let now = self.clock.now();
-        let lateness = grant.expires_at.map(|e| now.duration_since(e));
-        let input = TransitionInput::system(
-            grant.reason.clone(),
-            json!({"provider": grant.provider, "lateness_ms": lateness.map(|l| l.as_millis())}),
-        );
-        let cause = grant.revoke_cause;
-        let g = self
-            .step_and_commit_simple(grant, GrantEvent::RevokeSucceeded, input, Some(job))
-            .await?;
-        if cause == Some(RevokeCause::Deadline)
-            && let Some(l) = lateness
-        {
-            metrics::histogram!("jitbridge_expiry_lateness_seconds")
-                .record(l.as_secs_f64().max(0.0));
+        let mut lateness = Vec::with_capacity(done.len());
+        let steps = done
+            .into_iter()
+            .map(|(grant, job)| {
+                let late = grant.expires_at.map(|e| now.duration_since(e));
+                lateness.push(late.filter(|_| grant.revoke_cause == Some(RevokeCause::Deadline)));
+                let input = TransitionInput::system(
+                    grant.reason.clone(),
+                    json!({"provider": grant.provider, "lateness_ms": late.map(|l| l.as_millis())}),
+                );
+                (grant, GrantEvent::RevokeSucceeded, input, Some(job))
+            })
+            .collect();
+        let results = self.step_and_commit_many(steps).await;
+        for (result, late) in results.iter().zip(lateness) {
+            if let (Ok(_), Some(l)) = (result, late) {
+                metrics::histogram!("jitbridge_expiry_lateness_seconds")
+                    .record(l.as_secs_f64().max(0.0));
+            }
         }
-        Ok(g)
+        results
     }
 
     /// The revoke failed too often: raise the alarm (state, audit, ticket comment) and keep trying.
@@ -1039,13 +1068,79 @@ impl GrantService {
     /// provider job it implies and the writebacks its new state asks for.
     async fn step_and_commit(
         &self,
-        mut grant: Grant,
+        grant: Grant,
         expected: Option<i64>,
         event: GrantEvent,
         input: TransitionInput,
-        mut rows: Rows,
+        rows: Rows,
         complete_job: Option<Uuid>,
     ) -> Result<Grant, ServiceError> {
+        let from = grant.state;
+        let (grant, rows) = self.step(grant, event, input, rows)?;
+        let saved = grant.clone();
+        self.commit(grant, expected, rows, complete_job).await?;
+        log_transition(&saved, from);
+        Ok(saved)
+    }
+
+    /// Applies many system steps (each `(grant, event, input, job it completes)`) and commits
+    /// them with one [`Store::commit_many`]: one durable write for the batch instead of one per
+    /// grant. One result per step, in order; a step that fails does not hold back the others.
+    async fn step_and_commit_many(
+        &self,
+        steps: Vec<(Grant, GrantEvent, TransitionInput, Option<Uuid>)>,
+    ) -> Vec<Result<Grant, ServiceError>> {
+        let mut results: Vec<Result<Grant, ServiceError>> = Vec::with_capacity(steps.len());
+        let mut commits = Vec::new();
+        let mut committed = Vec::new(); // (index in results, state before)
+        for (grant, event, input, complete_job) in steps {
+            let (from, expected) = (grant.state, Some(grant.version));
+            match self.step(grant, event, input, Rows::default()) {
+                Ok((grant, rows)) => {
+                    committed.push((results.len(), from));
+                    results.push(Ok(grant.clone()));
+                    commits.push(Commit {
+                        grant,
+                        expected_version: expected,
+                        audit: rows.audit,
+                        jobs: rows.jobs,
+                        complete_job,
+                    });
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        let (has_provider, has_writeback) = lanes_of(commits.iter().flat_map(|c| &c.jobs));
+        let outcomes = self.store.commit_many(commits).await;
+        let mut any_ok = false;
+        for ((index, from), outcome) in committed.into_iter().zip(outcomes) {
+            match (outcome, &results[index]) {
+                (Ok(()), Ok(saved)) => {
+                    any_ok = true;
+                    log_transition(saved, from);
+                }
+                (Err(e), _) => results[index] = Err(e.into()),
+                (Ok(()), Err(_)) => {}
+            }
+        }
+        if any_ok && has_provider {
+            self.wakers.provider.notify_one();
+        }
+        if any_ok && has_writeback {
+            self.wakers.writeback.notify_one();
+        }
+        results
+    }
+
+    /// One state-machine step of `grant` (no I/O): the grant as it becomes and the rows its
+    /// commit writes (audit record, provider job, writebacks).
+    fn step(
+        &self,
+        mut grant: Grant,
+        event: GrantEvent,
+        input: TransitionInput,
+        mut rows: Rows,
+    ) -> Result<(Grant, Rows), ServiceError> {
         let now = self.clock.now();
         let from = grant.state;
         let next = next_state(from, event, grant.revoke_cause)?;
@@ -1102,11 +1197,7 @@ impl GrantService {
                     .extend(self.note_writeback(mapping, &grant, *note, extra));
             }
         }
-        let saved = grant.clone();
-        self.commit(grant, expected, rows, complete_job).await?;
-        tracing::info!(grant = %saved.id, ticket = %saved.ticket.key, subject = %saved.subject, target = %saved.target,
-            from = %from, to = %next, "grant transition");
-        Ok(saved)
+        Ok((grant, rows))
     }
 
     async fn commit(
@@ -1116,12 +1207,7 @@ impl GrantService {
         rows: Rows,
         complete_job: Option<Uuid>,
     ) -> Result<(), ServiceError> {
-        let (has_provider, has_writeback) = rows.jobs.iter().fold((false, false), |(p, w), j| {
-            (
-                p || j.lane == crate::store::Lane::Provider,
-                w || j.lane == crate::store::Lane::Writeback,
-            )
-        });
+        let (has_provider, has_writeback) = lanes_of(&rows.jobs);
         let mut grant = grant;
         if expected.is_none() && grant.version == 0 {
             grant.version = 1;
@@ -1471,6 +1557,30 @@ fn grant_writeback_context(grant: &Grant, reason: Option<&str>) -> serde_json::V
 struct Rows {
     audit: Vec<NewAudit>,
     jobs: Vec<NewJob>,
+}
+
+/// What the audit says about a deadline revoke.
+fn deadline_input(grant: &Grant) -> TransitionInput {
+    TransitionInput::system(
+        Some("the granted time is over".into()),
+        json!({"expires_at": grant.expires_at}),
+    )
+}
+
+/// Whether `jobs` hold provider and writeback work (which workers to wake).
+fn lanes_of<'a>(jobs: impl IntoIterator<Item = &'a NewJob>) -> (bool, bool) {
+    jobs.into_iter().fold((false, false), |(p, w), j| {
+        (
+            p || j.lane == crate::store::Lane::Provider,
+            w || j.lane == crate::store::Lane::Writeback,
+        )
+    })
+}
+
+/// Logs a committed transition.
+fn log_transition(saved: &Grant, from: GrantState) {
+    tracing::info!(grant = %saved.id, ticket = %saved.ticket.key, subject = %saved.subject, target = %saved.target,
+        from = %from, to = %saved.state, "grant transition");
 }
 
 /// What a caller knows about a transition.

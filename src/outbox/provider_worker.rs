@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use jiff::SignedDuration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -14,15 +15,18 @@ use tokio_util::sync::CancellationToken;
 use super::{ProviderJob, backoff, next_attempt};
 use crate::config::WorkerSettings;
 use crate::config::live::LiveProviders;
-use crate::grants::service::GrantService;
+use crate::grants::service::{GrantService, ServiceError};
 use crate::grants::{Grant, GrantState};
 use crate::providers::{ProviderAction, call_for};
 use crate::store::{Job, Lane};
 
 /// How long a claimed provider job is leased (longer than any provider timeout).
 const LEASE: SignedDuration = SignedDuration::from_secs(120);
-/// How many jobs run at once.
-const BATCH: u32 = 32;
+/// How many jobs are claimed at once; the revokes among them that succeed are recorded with one
+/// batch commit (one fsync), so a burst of expiries is not paced by the disk.
+const BATCH: u32 = 256;
+/// How many provider calls run at once.
+const CONCURRENCY: usize = 32;
 /// Longest idle sleep between polls (new work also wakes the worker at once).
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
@@ -76,32 +80,64 @@ impl ProviderWorker {
                 }
                 continue;
             }
-            futures::future::join_all(jobs.into_iter().map(|j| self.handle(j))).await;
+            self.handle_batch(jobs).await;
             if shutdown.is_cancelled() {
                 return;
             }
         }
     }
 
-    async fn handle(&self, job: Job) {
-        if let Err(e) = self.try_handle(&job).await {
-            // Usually a concurrent change to the grant (e.g. resolved while the apply ran). Put
-            // the job back at once rather than letting its lease run out: provider calls are
-            // idempotent per webhook-id, and a revoke queued behind this job must not wait.
-            tracing::warn!(job = %job.id, error = %e, "provider job result not recorded; running it again shortly");
-            let again = next_attempt(self.service.clock().now(), Duration::from_millis(200), None);
-            if let Err(e) = self
-                .service
-                .store()
-                .reschedule_job(job.id, job.attempts, again, &e.to_string())
-                .await
-            {
-                tracing::error!(job = %job.id, error = %e, "cannot release the provider job; it runs again when its lease lapses");
+    /// Runs the claimed jobs' provider calls concurrently (bounded), then records every
+    /// confirmed revoke of an ending grant in one batch commit.
+    async fn handle_batch(&self, jobs: Vec<Job>) {
+        let handled: Vec<(Job, Result<Handled, ServiceError>)> =
+            futures::stream::iter(jobs.into_iter().map(|job| async move {
+                let result = self.try_handle(&job).await;
+                (job, result)
+            }))
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        let (mut revoked_jobs, mut done) = (Vec::new(), Vec::new());
+        for (job, result) in handled {
+            match result {
+                Ok(Handled::Recorded) => {}
+                Ok(Handled::Revoked(grant)) => {
+                    done.push((*grant, job.id));
+                    revoked_jobs.push(job);
+                }
+                Err(e) => self.release(&job, e).await,
+            }
+        }
+        if done.is_empty() {
+            return;
+        }
+        let results = self.service.revokes_succeeded(done).await;
+        for (job, result) in revoked_jobs.into_iter().zip(results) {
+            if let Err(e) = result {
+                self.release(&job, e).await;
             }
         }
     }
 
-    async fn try_handle(&self, job: &Job) -> Result<(), crate::grants::service::ServiceError> {
+    /// Puts back a job whose result could not be recorded. Usually a concurrent change to the
+    /// grant (e.g. resolved while the apply ran): put it back at once rather than letting its
+    /// lease run out, since provider calls are idempotent per webhook-id and a revoke queued
+    /// behind this job must not wait.
+    async fn release(&self, job: &Job, e: ServiceError) {
+        tracing::warn!(job = %job.id, error = %e, "provider job result not recorded; running it again shortly");
+        let again = next_attempt(self.service.clock().now(), Duration::from_millis(200), None);
+        if let Err(e) = self
+            .service
+            .store()
+            .reschedule_job(job.id, job.attempts, again, &e.to_string())
+            .await
+        {
+            tracing::error!(job = %job.id, error = %e, "cannot release the provider job; it runs again when its lease lapses");
+        }
+    }
+
+    async fn try_handle(&self, job: &Job) -> Result<Handled, ServiceError> {
         let store = self.service.store();
         let payload: ProviderJob = match serde_json::from_value(job.payload.clone()) {
             Ok(p) => p,
@@ -113,26 +149,22 @@ impl ProviderWorker {
                         &format!("unreadable provider job: {e}"),
                     )
                     .await?;
-                return Ok(());
+                return Ok(Handled::Recorded);
             }
         };
         let Some(grant) = store.get_grant(payload.grant_id).await? else {
             store
                 .dead_letter_job(job.id, job.attempts, "grant not found")
                 .await?;
-            return Ok(());
+            return Ok(Handled::Recorded);
         };
         match payload.action {
-            ProviderAction::Apply => self.apply(job, grant).await,
+            ProviderAction::Apply => self.apply(job, grant).await.map(|()| Handled::Recorded),
             ProviderAction::Revoke => self.revoke(job, grant).await,
         }
     }
 
-    async fn apply(
-        &self,
-        job: &Job,
-        grant: Grant,
-    ) -> Result<(), crate::grants::service::ServiceError> {
+    async fn apply(&self, job: &Job, grant: Grant) -> Result<(), ServiceError> {
         let store = self.service.store();
         if grant.state != GrantState::Approved {
             // Ended (or already applied) before this job ran: nothing to apply.
@@ -180,11 +212,7 @@ impl ProviderWorker {
         Ok(())
     }
 
-    async fn revoke(
-        &self,
-        job: &Job,
-        grant: Grant,
-    ) -> Result<(), crate::grants::service::ServiceError> {
+    async fn revoke(&self, job: &Job, grant: Grant) -> Result<Handled, ServiceError> {
         let store = self.service.store();
         let ending = matches!(
             grant.state,
@@ -193,7 +221,7 @@ impl ProviderWorker {
         // A failed apply is cleaned up with a revoke too: the endpoint may have applied it late.
         if !ending && grant.state != GrantState::Failed {
             store.complete_job(job.id).await?;
-            return Ok(());
+            return Ok(Handled::Recorded);
         }
         let result = match self.providers.get(&grant.provider) {
             Some(p) => p
@@ -209,10 +237,10 @@ impl ProviderWorker {
             Ok(()) => {
                 metrics::counter!("jitbridge_provider_calls_total", "provider" => grant.provider.clone(), "action" => "revoke", "outcome" => "ok").increment(1);
                 if ending {
-                    self.service.revoke_succeeded(grant, job.id).await?;
-                } else {
-                    store.complete_job(job.id).await?;
+                    // Recorded with the rest of the batch.
+                    return Ok(Handled::Revoked(Box::new(grant)));
                 }
+                store.complete_job(job.id).await?;
             }
             Err(error) => {
                 metrics::counter!("jitbridge_provider_calls_total", "provider" => grant.provider.clone(), "action" => "revoke", "outcome" => "error").increment(1);
@@ -240,6 +268,15 @@ impl ProviderWorker {
                     .await?;
             }
         }
-        Ok(())
+        Ok(Handled::Recorded)
     }
+}
+
+/// What running one job left to do.
+enum Handled {
+    /// Its outcome is already in the store.
+    Recorded,
+    /// The provider confirmed the revoke of this ending grant; the `expired`/`revoked`
+    /// transition is committed with the batch.
+    Revoked(Box<Grant>),
 }

@@ -228,6 +228,19 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Delivery>, StoreError>;
     /// Marks a delivery processed or rejected (releases the lease for good).
     async fn finish_delivery(&self, id: Uuid, outcome: DeliveryOutcome) -> Result<(), StoreError>;
+    /// Marks several deliveries processed or rejected, one result per delivery, in order. A
+    /// backend may make them durable with one write, so the inbox worker does not pay a commit
+    /// per delivery. The default finishes them one by one.
+    async fn finish_deliveries(
+        &self,
+        outcomes: Vec<(Uuid, DeliveryOutcome)>,
+    ) -> Vec<Result<(), StoreError>> {
+        let mut results = Vec::with_capacity(outcomes.len());
+        for (id, outcome) in outcomes {
+            results.push(self.finish_delivery(id, outcome).await);
+        }
+        results
+    }
     /// Releases a delivery to be tried again at `not_before` (e.g. ITSM API down).
     async fn retry_delivery(
         &self,
@@ -239,6 +252,18 @@ pub trait Store: Send + Sync + 'static {
     // ---- grants ----
     /// Applies one transition atomically (see [`Commit`]).
     async fn commit(&self, c: Commit) -> Result<(), StoreError>;
+    /// Applies several independent transitions, each atomically as [`Store::commit`] would,
+    /// and answers one result per commit, in order. A backend may make the whole batch durable
+    /// with one write (SQLite does: one fsync), which is what lets a burst of deadlines be
+    /// revoked in seconds; a failed commit never undoes the others. Audit records are chained
+    /// in batch order. The default commits one by one.
+    async fn commit_many(&self, commits: Vec<Commit>) -> Vec<Result<(), StoreError>> {
+        let mut results = Vec::with_capacity(commits.len());
+        for c in commits {
+            results.push(self.commit(c).await);
+        }
+        results
+    }
     async fn get_grant(&self, id: Uuid) -> Result<Option<Grant>, StoreError>;
     /// The non-terminal grant for (connector, ticket id, mapping), if any.
     async fn live_grant(

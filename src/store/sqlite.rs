@@ -475,6 +475,151 @@ async fn append_chained(
     Ok(())
 }
 
+/// Writes one grant transition (see [`Commit`]) inside the caller's write-locked transaction.
+async fn write_commit(conn: &mut SqliteConnection, c: &Commit, now: i64) -> Result<(), StoreError> {
+    let g = &c.grant;
+    if g.state == GrantState::Active && g.expires_at.is_none() {
+        return Err(StoreError::Corrupt(format!(
+            "refusing to store active grant {} without a deadline",
+            g.id
+        )));
+    }
+    let columns = GrantColumns::new(g)?;
+    let live_exists = || {
+        StoreError::Conflict(format!(
+            "a live grant already exists for {} ticket {} mapping {}",
+            g.ticket.connector, g.ticket.key, g.mapping
+        ))
+    };
+
+    match c.expected_version {
+        None => {
+            columns
+                .bind(sqlx::query(concat!(
+                    "INSERT INTO grants (",
+                    grant_columns!(),
+                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+                     $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)"
+                )))
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| match db_error(e) {
+                    StoreError::Conflict(msg) if msg.contains("grants.id") => {
+                        StoreError::Conflict(format!("grant {} already exists", g.id))
+                    }
+                    StoreError::Conflict(_) => live_exists(),
+                    other => other,
+                })?;
+        }
+        Some(expected) => {
+            let updated = columns
+                .bind(sqlx::query(
+                    "UPDATE grants SET connector = $2, ticket_id = $3, ticket_key = $4, \
+                     ticket_url = $5, mapping = $6, state = $7, subject = $8, target = $9, \
+                     scope = $10, provider = $11, duration_secs = $12, requester = $13, \
+                     approvers = $14, requested_at = $15, approved_at = $16, starts_at = $17, \
+                     expires_at = $18, ended_at = $19, revoke_cause = $20, reason = $21, \
+                     last_event_at = $22, context = $23, version = $24 \
+                     WHERE id = $1 AND version = $25",
+                ))
+                .bind(expected)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| match db_error(e) {
+                    StoreError::Conflict(_) => live_exists(),
+                    other => other,
+                })?;
+            if updated.rows_affected() == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "grant {} is no longer at version {expected} (changed or missing)",
+                    g.id
+                )));
+            }
+        }
+    }
+
+    append_chained(&mut *conn, &c.audit).await?;
+    for job in &c.jobs {
+        insert_job(&mut *conn, job, now).await?;
+    }
+    if let Some(job) = c.complete_job {
+        mark_job_done(&mut *conn, job, now).await?;
+    }
+    Ok(())
+}
+
+/// Marks a pending delivery processed or rejected on `conn`; `Conflict` when it is not pending.
+async fn write_finish(
+    conn: &mut SqliteConnection,
+    id: Uuid,
+    outcome: &DeliveryOutcome,
+    now: i64,
+) -> Result<(), StoreError> {
+    let (state, reason) = match outcome {
+        DeliveryOutcome::Processed => ("processed", None),
+        DeliveryOutcome::Rejected(reason) => ("rejected", Some(bounded(reason, MAX_ERROR_BYTES))),
+    };
+    let done = sqlx::query(
+        "UPDATE deliveries SET state = $2, last_error = COALESCE($3, last_error), \
+         claimed_by = NULL, claimed_until = NULL, finished_at = $4 \
+         WHERE id = $1 AND state = 'pending'",
+    )
+    .bind(id.to_string())
+    .bind(state)
+    .bind(reason)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    if done.rows_affected() > 0 {
+        return Ok(());
+    }
+    let state = sqlx::query_scalar::<_, String>("SELECT state FROM deliveries WHERE id = $1")
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    Err(match state {
+        Some(state) => StoreError::Conflict(format!("delivery {id} is {state}, no longer pending")),
+        None => StoreError::Conflict(format!("delivery {id} does not exist")),
+    })
+}
+
+/// Runs one commit of a batch inside a savepoint, so its failure undoes only its own rows.
+/// The outer error means the batch transaction itself is no longer usable.
+async fn write_in_savepoint(
+    conn: &mut SqliteConnection,
+    c: &Commit,
+    now: i64,
+) -> Result<Result<(), StoreError>, StoreError> {
+    execute(&mut *conn, "SAVEPOINT one_commit").await?;
+    let result = write_commit(&mut *conn, c, now).await;
+    if result.is_err() {
+        execute(&mut *conn, "ROLLBACK TO one_commit").await?;
+    }
+    execute(&mut *conn, "RELEASE one_commit").await?;
+    Ok(result)
+}
+
+/// Runs a statement without parameters or results.
+async fn execute(conn: &mut SqliteConnection, sql: &'static str) -> Result<(), StoreError> {
+    sqlx::query(sql)
+        .execute(conn)
+        .await
+        .map(|_| ())
+        .map_err(db_error)
+}
+
+/// The same error again, for every member of a batch that failed as a whole.
+fn same_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
+        StoreError::Locked(m) => StoreError::Locked(m.clone()),
+    }
+}
+
 fn grants_from(rows: Vec<SqliteRow>) -> Result<Vec<Grant>, StoreError> {
     rows.iter().map(rows::grant).collect()
 }
@@ -569,28 +714,33 @@ impl Store for SqliteStore {
     }
 
     async fn finish_delivery(&self, id: Uuid, outcome: DeliveryOutcome) -> Result<(), StoreError> {
-        let (state, reason) = match &outcome {
-            DeliveryOutcome::Processed => ("processed", None),
-            DeliveryOutcome::Rejected(reason) => {
-                ("rejected", Some(bounded(reason, MAX_ERROR_BYTES)))
-            }
-        };
-        let done = sqlx::query(
-            "UPDATE deliveries SET state = $2, last_error = COALESCE($3, last_error), \
-             claimed_by = NULL, claimed_until = NULL, finished_at = $4 \
-             WHERE id = $1 AND state = 'pending'",
-        )
-        .bind(id.to_string())
-        .bind(state)
-        .bind(reason)
-        .bind(ms(self.clock.now()))
-        .execute(&self.pool)
-        .await
-        .map_err(db_error)?;
-        if done.rows_affected() == 0 {
-            return Err(self.delivery_not_pending(id).await);
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        write_finish(&mut conn, id, &outcome, ms(self.clock.now())).await
+    }
+
+    /// One transaction (one fsync) for the whole batch; a delivery that is no longer pending
+    /// fails alone.
+    async fn finish_deliveries(
+        &self,
+        outcomes: Vec<(Uuid, DeliveryOutcome)>,
+    ) -> Vec<Result<(), StoreError>> {
+        if outcomes.is_empty() {
+            return Vec::new();
         }
-        Ok(())
+        let now = ms(self.clock.now());
+        let mut tx = match self.begin_immediate().await {
+            Ok(tx) => tx,
+            Err(e) => return outcomes.iter().map(|_| Err(same_error(&e))).collect(),
+        };
+        let mut results = Vec::with_capacity(outcomes.len());
+        for (id, outcome) in &outcomes {
+            // One UPDATE is atomic on its own, so no savepoint is needed.
+            results.push(write_finish(&mut tx, *id, outcome, now).await);
+        }
+        if let Err(e) = tx.commit().await.map_err(db_error) {
+            return outcomes.iter().map(|_| Err(same_error(&e))).collect();
+        }
+        results
     }
 
     async fn retry_delivery(
@@ -618,77 +768,35 @@ impl Store for SqliteStore {
     // ---- grants ----
 
     async fn commit(&self, c: Commit) -> Result<(), StoreError> {
-        let g = &c.grant;
-        if g.state == GrantState::Active && g.expires_at.is_none() {
-            return Err(StoreError::Corrupt(format!(
-                "refusing to store active grant {} without a deadline",
-                g.id
-            )));
-        }
-        let columns = GrantColumns::new(g)?;
-        let live_exists = || {
-            StoreError::Conflict(format!(
-                "a live grant already exists for {} ticket {} mapping {}",
-                g.ticket.connector, g.ticket.key, g.mapping
-            ))
-        };
         let now = ms(self.clock.now());
         let mut tx = self.begin_immediate().await?;
-
-        match c.expected_version {
-            None => {
-                columns
-                    .bind(sqlx::query(concat!(
-                        "INSERT INTO grants (",
-                        grant_columns!(),
-                        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-                         $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)"
-                    )))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| match db_error(e) {
-                        StoreError::Conflict(msg) if msg.contains("grants.id") => {
-                            StoreError::Conflict(format!("grant {} already exists", g.id))
-                        }
-                        StoreError::Conflict(_) => live_exists(),
-                        other => other,
-                    })?;
-            }
-            Some(expected) => {
-                let updated = columns
-                    .bind(sqlx::query(
-                        "UPDATE grants SET connector = $2, ticket_id = $3, ticket_key = $4, \
-                         ticket_url = $5, mapping = $6, state = $7, subject = $8, target = $9, \
-                         scope = $10, provider = $11, duration_secs = $12, requester = $13, \
-                         approvers = $14, requested_at = $15, approved_at = $16, starts_at = $17, \
-                         expires_at = $18, ended_at = $19, revoke_cause = $20, reason = $21, \
-                         last_event_at = $22, context = $23, version = $24 \
-                         WHERE id = $1 AND version = $25",
-                    ))
-                    .bind(expected)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| match db_error(e) {
-                        StoreError::Conflict(_) => live_exists(),
-                        other => other,
-                    })?;
-                if updated.rows_affected() == 0 {
-                    return Err(StoreError::Conflict(format!(
-                        "grant {} is no longer at version {expected} (changed or missing)",
-                        g.id
-                    )));
-                }
-            }
-        }
-
-        append_chained(&mut tx, &c.audit).await?;
-        for job in &c.jobs {
-            insert_job(&mut tx, job, now).await?;
-        }
-        if let Some(job) = c.complete_job {
-            mark_job_done(&mut tx, job, now).await?;
-        }
+        write_commit(&mut tx, &c, now).await?;
         tx.commit().await.map_err(db_error)
+    }
+
+    /// One transaction, one savepoint per commit: a commit that fails is rolled back to its
+    /// savepoint alone; the rest become durable together with one fsync.
+    async fn commit_many(&self, commits: Vec<Commit>) -> Vec<Result<(), StoreError>> {
+        if commits.is_empty() {
+            return Vec::new();
+        }
+        let now = ms(self.clock.now());
+        let mut tx = match self.begin_immediate().await {
+            Ok(tx) => tx,
+            Err(e) => return commits.iter().map(|_| Err(same_error(&e))).collect(),
+        };
+        let mut results = Vec::with_capacity(commits.len());
+        for c in &commits {
+            match write_in_savepoint(&mut tx, c, now).await {
+                Ok(result) => results.push(result),
+                // Dropping the transaction rolls every commit of the batch back.
+                Err(e) => return commits.iter().map(|_| Err(same_error(&e))).collect(),
+            }
+        }
+        if let Err(e) = tx.commit().await.map_err(db_error) {
+            return commits.iter().map(|_| Err(same_error(&e))).collect();
+        }
+        results
     }
 
     async fn get_grant(&self, id: Uuid) -> Result<Option<Grant>, StoreError> {
@@ -1634,6 +1742,106 @@ mod tests {
         assert_eq!(store.get_grant(h.id).await.unwrap(), None);
         assert_eq!(all_audit(&store).await.len(), 1);
         assert_eq!(job_count(&store).await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_batch_commit_fails_only_its_conflicting_member_and_chains_the_rest_in_order() {
+        let (_dir, store) = fresh().await;
+        let a = grant("91", "laptop-admin", GrantState::Requested);
+        let b = grant("92", "laptop-admin", GrantState::Requested);
+        let c = grant("93", "laptop-admin", GrantState::Requested);
+        for g in [&a, &b, &c] {
+            store.commit(insert(g)).await.unwrap();
+        }
+        let mut stale = transition(&b, GrantState::Approved);
+        stale.expected_version = Some(7);
+        stale.jobs = vec![job(Lane::Provider, &b.id.to_string(), 0)];
+        let mut approve_a = transition(&a, GrantState::Approved);
+        approve_a.jobs = vec![job(Lane::Provider, &a.id.to_string(), 0)];
+        approve_a.audit.push(audit("policy.passed", Some(a.id)));
+
+        let results = store
+            .commit_many(vec![approve_a, stale, transition(&c, GrantState::Approved)])
+            .await;
+
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        assert!(
+            matches!(results[1], Err(StoreError::Conflict(_))),
+            "{results:?}"
+        );
+        let state = |g: &Grant| {
+            let store = &store;
+            let id = g.id;
+            async move { store.get_grant(id).await.unwrap().unwrap().state }
+        };
+        assert_eq!(state(&a).await, GrantState::Approved);
+        assert_eq!(state(&b).await, GrantState::Requested);
+        assert_eq!(state(&c).await, GrantState::Approved);
+        assert_eq!(
+            job_count(&store).await,
+            1,
+            "only a's job; b's was rolled back"
+        );
+        let records = all_audit(&store).await;
+        let kinds: Vec<_> = records
+            .iter()
+            .map(|r| (r.record.kind.as_str(), r.record.grant_id))
+            .collect();
+        assert_eq!(
+            kinds[3..],
+            [
+                ("grant.approved", Some(a.id)),
+                ("policy.passed", Some(a.id)),
+                ("grant.approved", Some(c.id)),
+            ]
+        );
+        assert_eq!(
+            verify_chain((0, GENESIS_HASH.to_owned()), &records)
+                .unwrap()
+                .0,
+            6
+        );
+        assert!(store.commit_many(vec![]).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn finishing_deliveries_in_a_batch_fails_only_those_no_longer_pending() {
+        let (_dir, store) = fresh().await;
+        let mut ids = Vec::new();
+        for key in ["k1", "k2", "k3"] {
+            match store.insert_delivery(delivery(key, 1000)).await.unwrap() {
+                InsertOutcome::Accepted(id) => ids.push(id),
+                other => panic!("{other:?}"),
+            }
+        }
+        store
+            .finish_delivery(ids[1], DeliveryOutcome::Processed)
+            .await
+            .unwrap();
+
+        let results = store
+            .finish_deliveries(vec![
+                (ids[0], DeliveryOutcome::Processed),
+                (ids[1], DeliveryOutcome::Processed),
+                (ids[2], DeliveryOutcome::Rejected("unreadable".into())),
+                (Uuid::now_v7(), DeliveryOutcome::Processed),
+            ])
+            .await;
+
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        assert!(
+            matches!(&results[1], Err(StoreError::Conflict(m)) if m.contains("processed")),
+            "{results:?}"
+        );
+        assert!(
+            matches!(&results[3], Err(StoreError::Conflict(m)) if m.contains("does not exist")),
+            "{results:?}"
+        );
+        let pending = store
+            .claim_deliveries("w", at(5000), secs(60), 10)
+            .await
+            .unwrap();
+        assert!(pending.is_empty(), "nothing is left pending: {pending:?}");
     }
 
     #[tokio::test]
