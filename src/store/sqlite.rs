@@ -19,7 +19,6 @@
 //! The schema lives in `migrations/sqlite/` and is embedded at compile time.
 
 mod ingest;
-mod rows;
 
 pub use ingest::{GroupCommit, IngestStats};
 
@@ -47,37 +46,7 @@ use crate::store::{
     LiveGrantCounts, NewDelivery, NewJob, OutboxStats, Store, StoreError,
 };
 
-use rows::{GrantColumns, at_storage_precision, bounded, duration_ms, ms, to_json};
-
-/// Grant columns in decode and bind order (a macro so queries stay `&'static str`).
-macro_rules! grant_columns {
-    () => {
-        "id, connector, ticket_id, ticket_key, ticket_url, mapping, state, subject, target, \
-         scope, provider, duration_secs, requester, approvers, requested_at, approved_at, \
-         starts_at, expires_at, ended_at, revoke_cause, reason, last_event_at, context, version"
-    };
-}
-
-/// Job columns in decode order.
-macro_rules! job_columns {
-    () => {
-        "seq, id, lane, queue_key, payload, state, attempts, next_at, last_error, created_at"
-    };
-}
-
-/// Audit columns in decode order.
-macro_rules! audit_columns {
-    () => {
-        "seq, at, kind, grant_id, connector, ticket_key, actor, detail, prev_hash, hash"
-    };
-}
-
-/// The states in which a grant is finished; must match the `grants_one_live` index predicate.
-macro_rules! live_grant_predicate {
-    () => {
-        "state NOT IN ('expired', 'revoked', 'denied', 'failed', 'cancelled')"
-    };
-}
+use crate::store::rows::{self, GrantColumns, at_storage_precision, bounded, duration_ms, ms, to_json};
 
 /// How long a statement waits for SQLite's write lock before giving up with `Unavailable`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
