@@ -6,6 +6,8 @@
 //! transaction, so a crash can delay work but never lose or duplicate it. Work is taken by
 //! leased claims, so several workers (or instances on PostgreSQL) never run the same job at once.
 
+#[cfg(test)]
+mod conformance;
 #[macro_use]
 mod rows;
 pub mod postgres;

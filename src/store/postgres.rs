@@ -431,13 +431,18 @@ impl Store for PgStore {
         }
         // Rows another instance is claiming right now are skipped, not waited for; a row that
         // instance committed meanwhile is re-checked against the WHERE clause by PostgreSQL.
+        // The pick is a MATERIALIZED CTE: as an `IN (subquery)` the planner may run the
+        // LIMITed locking subquery more than once and lease more rows than asked for.
         let rows = sqlx::query(
-            "UPDATE deliveries SET claimed_by = $1, claimed_until = $2, attempts = attempts + 1 \
-             WHERE id IN (SELECT id FROM deliveries WHERE state = 'pending' AND next_at <= $3 \
+            "WITH picked AS MATERIALIZED (SELECT id FROM deliveries \
+               WHERE state = 'pending' AND next_at <= $3 \
                AND (claimed_until IS NULL OR claimed_until <= $3) \
                ORDER BY received_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) \
-             AND state = 'pending' AND (claimed_until IS NULL OR claimed_until <= $3) \
-             RETURNING id, connector, dedupe_key, received_at, headers, body, attempts",
+             UPDATE deliveries d SET claimed_by = $1, claimed_until = $2, \
+               attempts = d.attempts + 1 \
+             FROM picked WHERE d.id = picked.id \
+             RETURNING d.id, d.connector, d.dedupe_key, d.received_at, d.headers, d.body, \
+               d.attempts",
         )
         .bind(worker)
         .bind(lease_until(now, lease))
@@ -745,18 +750,18 @@ impl Store for PgStore {
         // Only the head (lowest seq) pending job of each (lane, queue key) is eligible, so a
         // claim never takes two jobs of one key nor overtakes a backing-off or leased one. A
         // head another instance is locking is skipped, and its successors are not eligible.
-        let rows = sqlx::query(concat!(
-            "UPDATE jobs SET claimed_by = $1, claimed_until = $2 \
-             WHERE seq IN (SELECT j.seq FROM jobs j \
+        let rows = sqlx::query(
+            "WITH picked AS MATERIALIZED (SELECT j.seq FROM jobs j \
                WHERE j.lane = $3 AND j.state = 'pending' AND j.next_at <= $4 \
                AND (j.claimed_until IS NULL OR j.claimed_until <= $4) \
                AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.lane = j.lane \
                  AND e.queue_key = j.queue_key AND e.state = 'pending' AND e.seq < j.seq) \
                ORDER BY j.seq LIMIT $5 FOR UPDATE OF j SKIP LOCKED) \
-             AND state = 'pending' AND (claimed_until IS NULL OR claimed_until <= $4) \
-             RETURNING ",
-            job_columns!()
-        ))
+             UPDATE jobs u SET claimed_by = $1, claimed_until = $2 \
+             FROM picked WHERE u.seq = picked.seq \
+             RETURNING u.seq, u.id, u.lane, u.queue_key, u.payload, u.state, u.attempts, \
+               u.next_at, u.last_error, u.created_at",
+        )
         .bind(worker)
         .bind(lease_until(now, lease))
         .bind(lane.as_str())

@@ -70,7 +70,10 @@ pub(in crate::store) fn duration_ms(d: SignedDuration) -> i64 {
 }
 
 /// Serializes a value for a JSON TEXT column.
-pub(in crate::store) fn to_json<T: Serialize + ?Sized>(what: &str, value: &T) -> Result<String, StoreError> {
+pub(in crate::store) fn to_json<T: Serialize + ?Sized>(
+    what: &str,
+    value: &T,
+) -> Result<String, StoreError> {
     serde_json::to_string(value)
         .map_err(|e| StoreError::Corrupt(format!("cannot encode {what}: {e}")))
 }
@@ -154,7 +157,11 @@ fn get_uuid(row: &impl Columns, table: &str, col: &str) -> Result<Uuid, StoreErr
     parse_uuid(table, col, &get::<String>(row, table, col)?)
 }
 
-fn get_json<T: DeserializeOwned>(row: &impl Columns, table: &str, col: &str) -> Result<T, StoreError> {
+fn get_json<T: DeserializeOwned>(
+    row: &impl Columns,
+    table: &str,
+    col: &str,
+) -> Result<T, StoreError> {
     let text = get::<String>(row, table, col)?;
     serde_json::from_str(&text)
         .map_err(|e| StoreError::Corrupt(format!("{table}.{col}: invalid JSON: {e}")))
