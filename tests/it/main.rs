@@ -9,6 +9,7 @@ mod freshservice_flow;
 mod ingress;
 mod jira_flow;
 mod policy_flow;
+mod postgres_instances;
 mod resilience;
 mod secrets;
 mod servicenow_flow;
