@@ -1168,6 +1168,37 @@ pub(super) async fn audit_rows_are_append_only_and_edits_break_the_chain(store: 
     );
 }
 
+/// PostgreSQL: a statement blocked past `statement_timeout` (here by a table lock another
+/// session holds) fails with `Unavailable` instead of hanging the caller.
+pub(super) async fn a_statement_blocked_past_its_timeout_fails_unavailable(store: &Fixture) {
+    let (Raw::Postgres(pool), Some(options)) = (&store.raw, &store.pg) else {
+        panic!("PostgreSQL only")
+    };
+    let impatient = PgStore::connect_with(
+        options.clone(),
+        Arc::new(ManualClock::new(at(0))),
+        PgTuning {
+            max_connections: 2,
+            statement_timeout: std::time::Duration::from_millis(300),
+            ..PgTuning::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE grants IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let err = impatient.get_grant(Uuid::now_v7()).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Unavailable(ref m) if m.contains("timed out")),
+        "{err:?}"
+    );
+    blocker.rollback().await.unwrap();
+    assert_eq!(impatient.get_grant(Uuid::now_v7()).await.unwrap(), None);
+}
+
 /// Generates one `#[tokio::test]` per backend for each suite function.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -1233,4 +1264,5 @@ postgres_only!(
     racing_instances_create_one_live_grant,
     start_up_release_leaves_a_live_instances_leases_alone,
     audit_rows_are_append_only_and_edits_break_the_chain,
+    a_statement_blocked_past_its_timeout_fails_unavailable,
 );

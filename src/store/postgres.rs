@@ -900,3 +900,54 @@ impl Store for PgStore {
         rows.iter().map(rows::audit).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_unavailable_and_the_password_is_never_echoed() {
+        let options =
+            PgConnectOptions::from_str("postgres://jitbridge:hunter2-secret@127.0.0.1:1/jitbridge")
+                .unwrap();
+        let tuning = PgTuning {
+            acquire_timeout: Duration::from_secs(2),
+            ..PgTuning::default()
+        };
+        let err = PgStore::connect_with(options, Arc::new(SystemClock), tuning)
+            .await
+            .unwrap_err();
+        let StoreError::Unavailable(msg) = &err else {
+            panic!("expected Unavailable, got {err:?}")
+        };
+        assert!(msg.contains("cannot connect to PostgreSQL"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_url_is_refused_without_echoing_it() {
+        let err = PgStore::connect_system("postgres://jitbridge:hunter2@[::1/db")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Unavailable(ref m) if m.contains("invalid PostgreSQL URL") && !m.contains("hunter2")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn pool_and_decode_errors_map_to_the_store_vocabulary() {
+        assert!(matches!(
+            db_error(sqlx::Error::PoolTimedOut),
+            StoreError::Unavailable(_)
+        ));
+        assert!(matches!(
+            db_error(sqlx::Error::Io(std::io::Error::other("reset"))),
+            StoreError::Unavailable(_)
+        ));
+        assert!(matches!(
+            db_error(sqlx::Error::ColumnNotFound("x".into())),
+            StoreError::Corrupt(_)
+        ));
+    }
+}
