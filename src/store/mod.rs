@@ -11,6 +11,7 @@ mod conformance;
 #[macro_use]
 mod rows;
 pub mod postgres;
+mod reads;
 pub mod sqlite;
 
 use async_trait::async_trait;

@@ -24,14 +24,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use jiff::{SignedDuration, Timestamp};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::{PgPool, Row, SqlSafeStr};
 use uuid::Uuid;
 
 use crate::audit::{AuditRecord, GENESIS_HASH, NewAudit, chain_hash};
 use crate::clock::{SharedClock, SystemClock};
-use crate::grants::state::ALL_STATES;
 use crate::grants::{Grant, GrantState};
+use crate::store::reads::{Reads, bounded_limit, jobs_from};
 use crate::store::rows::{
     self, GrantColumns, at_storage_precision, bounded, duration_ms, ms, to_json,
 };
@@ -40,10 +40,6 @@ use crate::store::{
     LiveGrantCounts, NewDelivery, NewJob, OutboxStats, Store, StoreError,
 };
 
-/// Upper bound on rows returned by any one claim or listing.
-const MAX_ROWS: u32 = 1000;
-/// Rows listed when a filter does not say.
-const DEFAULT_LIST_LIMIT: u32 = 100;
 /// Longest error text kept on a row.
 const MAX_ERROR_BYTES: usize = 2000;
 /// The advisory lock key that serializes audit appends across instances ("jitaudit" in ASCII).
@@ -151,6 +147,14 @@ impl PgStore {
         &self.pool
     }
 
+    /// The queries shared with the SQLite store.
+    fn reads(&self) -> Reads<'_, sqlx::Postgres> {
+        Reads {
+            pool: &self.pool,
+            db_error,
+        }
+    }
+
     /// Explains why a pending-only update of `table` matched no row.
     async fn not_pending(&self, table: &'static str, id: Uuid) -> StoreError {
         let sql = match table {
@@ -233,11 +237,6 @@ fn migrate_error(e: sqlx::migrate::MigrateError) -> StoreError {
 /// `now + lease` in unix milliseconds, saturating.
 fn lease_until(now: Timestamp, lease: SignedDuration) -> i64 {
     ms(now).saturating_add(duration_ms(lease))
-}
-
-/// A caller's limit, bounded.
-fn bounded_limit(limit: u32) -> i64 {
-    i64::from(limit.min(MAX_ROWS))
 }
 
 /// Inserts `job` (pending, unleased) inside the caller's transaction.
@@ -333,14 +332,6 @@ async fn append_chained(conn: &mut PgConnection, records: &[NewAudit]) -> Result
         prev_hash = hash;
     }
     Ok(())
-}
-
-fn grants_from(rows: Vec<PgRow>) -> Result<Vec<Grant>, StoreError> {
-    rows.iter().map(rows::grant).collect()
-}
-
-fn jobs_from(rows: Vec<PgRow>) -> Result<Vec<Job>, StoreError> {
-    rows.iter().map(rows::job).collect()
 }
 
 #[async_trait]
@@ -585,16 +576,7 @@ impl Store for PgStore {
     }
 
     async fn get_grant(&self, id: Uuid) -> Result<Option<Grant>, StoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            grant_columns!(),
-            " FROM grants WHERE id = $1"
-        ))
-        .bind(id.to_string())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_error)?;
-        row.as_ref().map(rows::grant).transpose()
+        self.reads().get_grant(id).await
     }
 
     async fn live_grant(
@@ -603,19 +585,7 @@ impl Store for PgStore {
         ticket_id: &str,
         mapping: &str,
     ) -> Result<Option<Grant>, StoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            grant_columns!(),
-            " FROM grants WHERE connector = $1 AND ticket_id = $2 AND mapping = $3 AND ",
-            live_grant_predicate!()
-        ))
-        .bind(connector)
-        .bind(ticket_id)
-        .bind(mapping)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_error)?;
-        row.as_ref().map(rows::grant).transpose()
+        self.reads().live_grant(connector, ticket_id, mapping).await
     }
 
     async fn latest_grant(
@@ -624,82 +594,26 @@ impl Store for PgStore {
         ticket_id: &str,
         mapping: &str,
     ) -> Result<Option<Grant>, StoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            grant_columns!(),
-            " FROM grants WHERE connector = $1 AND ticket_id = $2 AND mapping = $3 \
-             ORDER BY requested_at DESC, id DESC LIMIT 1"
-        ))
-        .bind(connector)
-        .bind(ticket_id)
-        .bind(mapping)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_error)?;
-        row.as_ref().map(rows::grant).transpose()
+        self.reads()
+            .latest_grant(connector, ticket_id, mapping)
+            .await
     }
 
     async fn list_grants(&self, filter: &GrantFilter) -> Result<Vec<Grant>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            grant_columns!(),
-            " FROM grants WHERE ($1::text IS NULL OR state = $1) \
-             AND ($2::text IS NULL OR connector = $2) \
-             AND ($3::text IS NULL OR ticket_key = $3) ORDER BY requested_at DESC, id DESC LIMIT $4"
-        ))
-        .bind(filter.state.map(GrantState::as_str))
-        .bind(filter.connector.as_deref())
-        .bind(filter.ticket_key.as_deref())
-        .bind(bounded_limit(filter.limit.unwrap_or(DEFAULT_LIST_LIMIT)))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
-        grants_from(rows)
+        self.reads().list_grants(filter).await
     }
 
     /// Every state, in [`ALL_STATES`] order, zeros included (so gauges drop back to 0).
     async fn count_grants_by_state(&self) -> Result<Vec<(GrantState, i64)>, StoreError> {
-        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM grants GROUP BY state")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
-        let mut counts: Vec<(GrantState, i64)> = ALL_STATES.iter().map(|s| (*s, 0)).collect();
-        for row in &rows {
-            let state = rows::grant_state(&row.try_get::<String, _>("state").map_err(db_error)?)?;
-            let n: i64 = row.try_get("n").map_err(db_error)?;
-            if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == state) {
-                slot.1 = n;
-            }
-        }
-        Ok(counts)
+        self.reads().count_grants_by_state().await
     }
 
     async fn due_grants(&self, now: Timestamp, limit: u32) -> Result<Vec<Grant>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            grant_columns!(),
-            " FROM grants WHERE state = 'active' AND expires_at <= $1 \
-             ORDER BY expires_at, id LIMIT $2"
-        ))
-        .bind(ms(now))
-        .bind(bounded_limit(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
-        grants_from(rows)
+        self.reads().due_grants(now, limit).await
     }
 
     async fn next_deadline(&self) -> Result<Option<Timestamp>, StoreError> {
-        let min: Option<i64> =
-            sqlx::query_scalar("SELECT MIN(expires_at) FROM grants WHERE state = 'active'")
-                .fetch_one(&self.pool)
-                .await
-                .map_err(db_error)?;
-        min.map(|v| {
-            Timestamp::from_millisecond(v)
-                .map_err(|e| StoreError::Corrupt(format!("grants.expires_at: {v}: {e}")))
-        })
-        .transpose()
+        self.reads().next_deadline().await
     }
 
     /// Counts what is committed now. Two instances approving for the same subject at the same
@@ -710,28 +624,7 @@ impl Store for PgStore {
         subject: &str,
         target: &str,
     ) -> Result<LiveGrantCounts, StoreError> {
-        // `lower` folds ASCII (and more) like SQLite's; `requested` grants hold nothing yet.
-        let row = sqlx::query(
-            "SELECT \
-               COUNT(*) FILTER (WHERE lower(trim(subject)) = lower(trim($1))) AS by_subject, \
-               COUNT(*) FILTER (WHERE lower(trim(target)) = lower(trim($2))) AS by_target \
-             FROM grants \
-             WHERE state IN ('approved', 'active', 'expiring', 'revoking', 'revoke_failed') \
-             AND (lower(trim(subject)) = lower(trim($1)) OR lower(trim(target)) = lower(trim($2)))",
-        )
-        .bind(subject)
-        .bind(target)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db_error)?;
-        let count = |column: &str| -> Result<u64, StoreError> {
-            let n: i64 = row.try_get(column).map_err(db_error)?;
-            u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("{column}: {n}")))
-        };
-        Ok(LiveGrantCounts {
-            by_subject: count("by_subject")?,
-            by_target: count("by_target")?,
-        })
+        self.reads().count_live_grants(subject, target).await
     }
 
     // ---- outbox ----
@@ -841,38 +734,11 @@ impl Store for PgStore {
     }
 
     async fn list_jobs(&self, state: JobState, limit: u32) -> Result<Vec<Job>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM jobs WHERE state = $1 ORDER BY seq DESC LIMIT $2"
-        ))
-        .bind(state.as_str())
-        .bind(bounded_limit(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
-        jobs_from(rows)
+        self.reads().list_jobs(state, limit).await
     }
 
     async fn outbox_stats(&self, lane: Lane, now: Timestamp) -> Result<OutboxStats, StoreError> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) FILTER (WHERE state = 'pending') AS pending, \
-             COUNT(*) FILTER (WHERE state = 'dead') AS dead, \
-             MIN(created_at) FILTER (WHERE state = 'pending') AS oldest \
-             FROM jobs WHERE lane = $1 AND state IN ('pending', 'dead')",
-        )
-        .bind(lane.as_str())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db_error)?;
-        let oldest: Option<i64> = row.try_get("oldest").map_err(db_error)?;
-        Ok(OutboxStats {
-            pending: row.try_get("pending").map_err(db_error)?,
-            dead: row.try_get("dead").map_err(db_error)?,
-            // A job stamped by a clock ahead of `now` is not negatively old.
-            oldest_pending_age: oldest
-                .map(|created| SignedDuration::from_millis(ms(now).saturating_sub(created).max(0))),
-        })
+        self.reads().outbox_stats(lane, now).await
     }
 
     // ---- audit ----
@@ -887,17 +753,7 @@ impl Store for PgStore {
     }
 
     async fn audit_records(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            audit_columns!(),
-            " FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2"
-        ))
-        .bind(after)
-        .bind(bounded_limit(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
-        rows.iter().map(rows::audit).collect()
+        self.reads().audit_records(after, limit).await
     }
 }
 

@@ -31,16 +31,14 @@ use async_trait::async_trait;
 use jiff::{SignedDuration, Timestamp};
 use sqlx::error::ErrorKind;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlSafeStr, SqliteConnection, SqlitePool, SqliteTransaction};
 use uuid::Uuid;
 
 use crate::audit::{AuditRecord, GENESIS_HASH, NewAudit, chain_hash};
 use crate::clock::{SharedClock, SystemClock};
-use crate::grants::state::ALL_STATES;
 use crate::grants::{Grant, GrantState};
+use crate::store::reads::{Reads, bounded_limit, jobs_from};
 use crate::store::{
     Commit, Delivery, DeliveryOutcome, GrantFilter, InsertOutcome, Job, JobState, Lane,
     LiveGrantCounts, NewDelivery, NewJob, OutboxStats, Store, StoreError,
@@ -56,10 +54,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// SQLite has one writer; a few connections let readers (admin API, metrics) proceed meanwhile.
 const MAX_CONNECTIONS: u32 = 4;
-/// Upper bound on rows returned by any one claim or listing.
-const MAX_ROWS: u32 = 1000;
-/// Rows listed when a filter does not say.
-const DEFAULT_LIST_LIMIT: u32 = 100;
 /// Longest error text kept on a row.
 const MAX_ERROR_BYTES: usize = 2000;
 
@@ -218,6 +212,14 @@ impl SqliteStore {
         &self.path
     }
 
+    /// The queries shared with the PostgreSQL store.
+    fn reads(&self) -> Reads<'_, sqlx::Sqlite> {
+        Reads {
+            pool: &self.pool,
+            db_error,
+        }
+    }
+
     /// Starts a transaction holding SQLite's write lock from its first statement.
     async fn begin_immediate(&self) -> Result<SqliteTransaction<'static>, StoreError> {
         self.pool
@@ -354,11 +356,6 @@ fn lease_until(now: Timestamp, lease: SignedDuration) -> i64 {
     ms(now).saturating_add(duration_ms(lease))
 }
 
-/// A caller's limit, bounded.
-fn bounded_limit(limit: u32) -> i64 {
-    i64::from(limit.min(MAX_ROWS))
-}
-
 /// Inserts `job` (pending, unleased) inside the caller's transaction.
 async fn insert_job(
     conn: &mut SqliteConnection,
@@ -450,14 +447,6 @@ async fn append_chained(
         prev_hash = hash;
     }
     Ok(())
-}
-
-fn grants_from(rows: Vec<SqliteRow>) -> Result<Vec<Grant>, StoreError> {
-    rows.iter().map(rows::grant).collect()
-}
-
-fn jobs_from(rows: Vec<SqliteRow>) -> Result<Vec<Job>, StoreError> {
-    rows.iter().map(rows::job).collect()
 }
 
 #[async_trait]
@@ -669,16 +658,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_grant(&self, id: Uuid) -> Result<Option<Grant>, StoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            grant_columns!(),
-            " FROM grants WHERE id = $1"
-        ))
-        .bind(id.to_string())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_error)?;
-        row.as_ref().map(rows::grant).transpose()
+        self.reads().get_grant(id).await
     }
 
     async fn live_grant(
@@ -687,19 +667,7 @@ impl Store for SqliteStore {
         ticket_id: &str,
         mapping: &str,
     ) -> Result<Option<Grant>, StoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            grant_columns!(),
-            " FROM grants WHERE connector = $1 AND ticket_id = $2 AND mapping = $3 AND ",
-            live_grant_predicate!()
-        ))
-        .bind(connector)
-        .bind(ticket_id)
-        .bind(mapping)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_error)?;
-        row.as_ref().map(rows::grant).transpose()
+        self.reads().live_grant(connector, ticket_id, mapping).await
     }
 
     async fn latest_grant(
@@ -708,81 +676,26 @@ impl Store for SqliteStore {
         ticket_id: &str,
         mapping: &str,
     ) -> Result<Option<Grant>, StoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            grant_columns!(),
-            " FROM grants WHERE connector = $1 AND ticket_id = $2 AND mapping = $3 \
-             ORDER BY requested_at DESC, id DESC LIMIT 1"
-        ))
-        .bind(connector)
-        .bind(ticket_id)
-        .bind(mapping)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_error)?;
-        row.as_ref().map(rows::grant).transpose()
+        self.reads()
+            .latest_grant(connector, ticket_id, mapping)
+            .await
     }
 
     async fn list_grants(&self, filter: &GrantFilter) -> Result<Vec<Grant>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            grant_columns!(),
-            " FROM grants WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR connector = $2) \
-             AND ($3 IS NULL OR ticket_key = $3) ORDER BY requested_at DESC, id DESC LIMIT $4"
-        ))
-        .bind(filter.state.map(GrantState::as_str))
-        .bind(filter.connector.as_deref())
-        .bind(filter.ticket_key.as_deref())
-        .bind(bounded_limit(filter.limit.unwrap_or(DEFAULT_LIST_LIMIT)))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
-        grants_from(rows)
+        self.reads().list_grants(filter).await
     }
 
     /// Every state, in [`ALL_STATES`] order, zeros included (so gauges drop back to 0).
     async fn count_grants_by_state(&self) -> Result<Vec<(GrantState, i64)>, StoreError> {
-        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM grants GROUP BY state")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
-        let mut counts: Vec<(GrantState, i64)> = ALL_STATES.iter().map(|s| (*s, 0)).collect();
-        for row in &rows {
-            let state = rows::grant_state(&row.try_get::<String, _>("state").map_err(db_error)?)?;
-            let n: i64 = row.try_get("n").map_err(db_error)?;
-            if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == state) {
-                slot.1 = n;
-            }
-        }
-        Ok(counts)
+        self.reads().count_grants_by_state().await
     }
 
     async fn due_grants(&self, now: Timestamp, limit: u32) -> Result<Vec<Grant>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            grant_columns!(),
-            " FROM grants WHERE state = 'active' AND expires_at <= $1 \
-             ORDER BY expires_at, id LIMIT $2"
-        ))
-        .bind(ms(now))
-        .bind(bounded_limit(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
-        grants_from(rows)
+        self.reads().due_grants(now, limit).await
     }
 
     async fn next_deadline(&self) -> Result<Option<Timestamp>, StoreError> {
-        let min: Option<i64> =
-            sqlx::query_scalar("SELECT MIN(expires_at) FROM grants WHERE state = 'active'")
-                .fetch_one(&self.pool)
-                .await
-                .map_err(db_error)?;
-        min.map(|v| {
-            Timestamp::from_millisecond(v)
-                .map_err(|e| StoreError::Corrupt(format!("grants.expires_at: {v}: {e}")))
-        })
-        .transpose()
+        self.reads().next_deadline().await
     }
 
     async fn count_live_grants(
@@ -790,28 +703,7 @@ impl Store for SqliteStore {
         subject: &str,
         target: &str,
     ) -> Result<LiveGrantCounts, StoreError> {
-        // `lower` folds ASCII only, which is what the contract promises. `requested` grants hold
-        // nothing yet and are not counted.
-        let row = sqlx::query(
-            "SELECT \
-               COALESCE(SUM(CASE WHEN lower(trim(subject)) = lower(trim($1)) THEN 1 ELSE 0 END), 0) AS by_subject, \
-               COALESCE(SUM(CASE WHEN lower(trim(target)) = lower(trim($2)) THEN 1 ELSE 0 END), 0) AS by_target \
-             FROM grants \
-             WHERE state IN ('approved', 'active', 'expiring', 'revoking', 'revoke_failed')",
-        )
-        .bind(subject)
-        .bind(target)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db_error)?;
-        let count = |column: &str| -> Result<u64, StoreError> {
-            let n: i64 = row.try_get(column).map_err(db_error)?;
-            u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("{column}: {n}")))
-        };
-        Ok(LiveGrantCounts {
-            by_subject: count("by_subject")?,
-            by_target: count("by_target")?,
-        })
+        self.reads().count_live_grants(subject, target).await
     }
 
     // ---- outbox ----
@@ -921,38 +813,11 @@ impl Store for SqliteStore {
     }
 
     async fn list_jobs(&self, state: JobState, limit: u32) -> Result<Vec<Job>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM jobs WHERE state = $1 ORDER BY seq DESC LIMIT $2"
-        ))
-        .bind(state.as_str())
-        .bind(bounded_limit(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
-        jobs_from(rows)
+        self.reads().list_jobs(state, limit).await
     }
 
     async fn outbox_stats(&self, lane: Lane, now: Timestamp) -> Result<OutboxStats, StoreError> {
-        let row = sqlx::query(
-            "SELECT COALESCE(SUM(CASE WHEN state = 'pending' THEN 1 ELSE 0 END), 0) AS pending, \
-             COALESCE(SUM(CASE WHEN state = 'dead' THEN 1 ELSE 0 END), 0) AS dead, \
-             MIN(CASE WHEN state = 'pending' THEN created_at END) AS oldest \
-             FROM jobs WHERE lane = $1 AND state IN ('pending', 'dead')",
-        )
-        .bind(lane.as_str())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db_error)?;
-        let oldest: Option<i64> = row.try_get("oldest").map_err(db_error)?;
-        Ok(OutboxStats {
-            pending: row.try_get("pending").map_err(db_error)?,
-            dead: row.try_get("dead").map_err(db_error)?,
-            // A job stamped by a clock ahead of `now` is not negatively old.
-            oldest_pending_age: oldest
-                .map(|created| SignedDuration::from_millis(ms(now).saturating_sub(created).max(0))),
-        })
+        self.reads().outbox_stats(lane, now).await
     }
 
     // ---- audit ----
@@ -967,17 +832,7 @@ impl Store for SqliteStore {
     }
 
     async fn audit_records(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            audit_columns!(),
-            " FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2"
-        ))
-        .bind(after)
-        .bind(bounded_limit(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
-        rows.iter().map(rows::audit).collect()
+        self.reads().audit_records(after, limit).await
     }
 }
 
