@@ -1199,27 +1199,28 @@ pub(super) async fn a_statement_blocked_past_its_timeout_fails_unavailable(store
     assert_eq!(impatient.get_grant(Uuid::now_v7()).await.unwrap(), None);
 }
 
-/// Generates one `#[tokio::test]` per backend for each suite function.
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod on_sqlite {
+/// Generates, in module `$module`, one `#[tokio::test]` per suite function, each running it on
+/// the fixture `$fixture` (an `Option<Fixture>`: `None` means skipped, and said so).
+macro_rules! run_on {
+    ($module:ident, $fixture:expr, [$($name:ident),* $(,)?]) => {
+        mod $module {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name(&super::Fixture::sqlite().await).await;
-                }
-            )*
-        }
-        mod on_postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if let Some(f) = super::Fixture::postgres().await {
+                    if let Some(f) = $fixture {
                         super::$name(&f).await;
                     }
                 }
             )*
         }
+    };
+}
+
+/// Runs suite functions on both backends.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        run_on!(on_sqlite, Some(super::Fixture::sqlite().await), [$($name),*]);
+        run_on!(on_postgres, super::Fixture::postgres().await, [$($name),*]);
     };
 }
 
@@ -1242,27 +1243,16 @@ conformance!(
     concurrent_audit_appends_never_fork_the_chain,
 );
 
-/// Generates PostgreSQL-only tests (several instances on one database).
-macro_rules! postgres_only {
-    ($($name:ident),* $(,)?) => {
-        mod on_postgres_only {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if let Some(f) = super::Fixture::postgres().await {
-                        super::$name(&f).await;
-                    }
-                }
-            )*
-        }
-    };
-}
-
-postgres_only!(
-    two_instances_claim_disjoint_work,
-    concurrent_appenders_on_two_instances_keep_one_chain,
-    racing_instances_create_one_live_grant,
-    start_up_release_leaves_a_live_instances_leases_alone,
-    audit_rows_are_append_only_and_edits_break_the_chain,
-    a_statement_blocked_past_its_timeout_fails_unavailable,
+// Several instances on one database: PostgreSQL only.
+run_on!(
+    on_postgres_only,
+    super::Fixture::postgres().await,
+    [
+        two_instances_claim_disjoint_work,
+        concurrent_appenders_on_two_instances_keep_one_chain,
+        racing_instances_create_one_live_grant,
+        start_up_release_leaves_a_live_instances_leases_alone,
+        audit_rows_are_append_only_and_edits_break_the_chain,
+        a_statement_blocked_past_its_timeout_fails_unavailable,
+    ]
 );

@@ -50,6 +50,38 @@ async fn test_database(test: &str) -> Option<(String, PgPool)> {
     Some((url, pool))
 }
 
+/// What the instances of one test share: the database, the Jira simulator, the receiver.
+struct Fleet {
+    url: String,
+    pool: PgPool,
+    jira: JiraSim,
+    receiver: ElevationReceiver,
+}
+
+impl Fleet {
+    /// A fresh database schema and simulators, or `None` when no test database is configured.
+    async fn start(test: &str) -> Option<Fleet> {
+        let (url, pool) = test_database(test).await?;
+        let jira = JiraSim::start(JiraSimConfig::default())
+            .await
+            .expect("jira sim");
+        let receiver = ElevationReceiver::start(ELEVATION_SECRET)
+            .await
+            .expect("receiver");
+        Some(Fleet {
+            url,
+            pool,
+            jira,
+            receiver,
+        })
+    }
+
+    /// Starts one more instance, configured in `dir`.
+    async fn instance(&self, dir: &Path, opts: &Options, clock: Arc<dyn Clock>) -> Running {
+        start_instance(dir, &self.url, &self.jira, &self.receiver, opts, clock).await
+    }
+}
+
 /// A clock running `ahead` of the system clock: an instance observing time after a lease lapsed,
 /// without the test waiting out the two-minute worker leases.
 #[derive(Debug)]
@@ -137,39 +169,27 @@ async fn wait_all(store: &dyn Store, keys: &[String], state: GrantState) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_on_one_database_grant_each_approval_once_and_revoke_each_expiry_once() {
-    let Some((url, pool)) = test_database(
+    let Some(fleet) = Fleet::start(
         "two_instances_on_one_database_grant_each_approval_once_and_revoke_each_expiry_once",
     )
     .await
     else {
         return;
     };
-    let jira = JiraSim::start(JiraSimConfig::default())
-        .await
-        .expect("jira sim");
-    let receiver = ElevationReceiver::start(ELEVATION_SECRET)
-        .await
-        .expect("receiver");
+    let Fleet {
+        pool,
+        jira,
+        receiver,
+        ..
+    } = &fleet;
     let opts = Options::default();
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = start_instance(
-        dir_a.path(),
-        &url,
-        &jira,
-        &receiver,
-        &opts,
-        Arc::new(SystemClock),
-    )
-    .await;
-    let b = start_instance(
-        dir_b.path(),
-        &url,
-        &jira,
-        &receiver,
-        &opts,
-        Arc::new(SystemClock),
-    )
-    .await;
+    let a = fleet
+        .instance(dir_a.path(), &opts, Arc::new(SystemClock))
+        .await;
+    let b = fleet
+        .instance(dir_b.path(), &opts, Arc::new(SystemClock))
+        .await;
     let store = a.service.store().clone();
 
     // Half the tickets arrive through instance A, half through B...
@@ -182,7 +202,7 @@ async fn two_instances_on_one_database_grant_each_approval_once_and_revoke_each_
         jira.add_webhook(&webhook_url(instance), Some(WEBHOOK_SECRET))
             .await;
         for target in targets {
-            keys.push(raise(&jira, target, "3s").await);
+            keys.push(raise(jira, target, "3s").await);
         }
     }
     wait_all(&*store, &keys, GrantState::Requested).await;
@@ -221,7 +241,7 @@ async fn two_instances_on_one_database_grant_each_approval_once_and_revoke_each_
         "SELECT COUNT(*) FROM (SELECT connector, dedupe_key FROM deliveries \
          GROUP BY connector, dedupe_key HAVING COUNT(*) > 1) d",
     )
-    .fetch_one(&pool)
+    .fetch_one(pool)
     .await
     .unwrap();
     assert_eq!(dupes, 0);
@@ -235,19 +255,19 @@ async fn two_instances_on_one_database_grant_each_approval_once_and_revoke_each_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_instances_leased_apply_is_taken_over_by_the_other_once_the_lease_lapses() {
-    let Some((url, pool)) = test_database(
+    let Some(fleet) = Fleet::start(
         "a_killed_instances_leased_apply_is_taken_over_by_the_other_once_the_lease_lapses",
     )
     .await
     else {
         return;
     };
-    let jira = JiraSim::start(JiraSimConfig::default())
-        .await
-        .expect("jira sim");
-    let receiver = ElevationReceiver::start(ELEVATION_SECRET)
-        .await
-        .expect("receiver");
+    let Fleet {
+        pool,
+        jira,
+        receiver,
+        ..
+    } = &fleet;
     // The survivor's clock runs past the two-minute lease; a wide apply window keeps the
     // approval valid at that time.
     let opts = Options {
@@ -257,18 +277,12 @@ async fn a_killed_instances_leased_apply_is_taken_over_by_the_other_once_the_lea
         mapping: MAPPING.into(),
     };
     let dir_a = tempfile::tempdir().unwrap();
-    let a = start_instance(
-        dir_a.path(),
-        &url,
-        &jira,
-        &receiver,
-        &opts,
-        Arc::new(SystemClock),
-    )
-    .await;
+    let a = fleet
+        .instance(dir_a.path(), &opts, Arc::new(SystemClock))
+        .await;
     jira.add_webhook(&webhook_url(&a), Some(WEBHOOK_SECRET))
         .await;
-    let key = raise(&jira, "WS-0201", "30m").await;
+    let key = raise(jira, "WS-0201", "30m").await;
     wait_all(
         &*a.service.store().clone(),
         std::slice::from_ref(&key),
@@ -286,7 +300,7 @@ async fn a_killed_instances_leased_apply_is_taken_over_by_the_other_once_the_lea
             "SELECT claimed_by FROM jobs WHERE lane = 'provider' AND state = 'pending' \
              AND claimed_by IS NOT NULL",
         )
-        .fetch_optional(&pool)
+        .fetch_optional(pool)
         .await
         .unwrap()
     })
@@ -300,22 +314,20 @@ async fn a_killed_instances_leased_apply_is_taken_over_by_the_other_once_the_lea
          AND claimed_by = $1",
     )
     .bind(&leased)
-    .fetch_one(&pool)
+    .fetch_one(pool)
     .await
     .unwrap();
     assert_eq!(still_leased, 1, "the dead instance's lease outlives it");
 
     // B observes time after the lease lapsed and takes the apply over.
     let dir_b = tempfile::tempdir().unwrap();
-    let b = start_instance(
-        dir_b.path(),
-        &url,
-        &jira,
-        &receiver,
-        &opts,
-        Arc::new(AheadClock(SignedDuration::from_secs(150))),
-    )
-    .await;
+    let b = fleet
+        .instance(
+            dir_b.path(),
+            &opts,
+            Arc::new(AheadClock(SignedDuration::from_secs(150))),
+        )
+        .await;
     let store = b.service.store().clone();
     wait_all(&*store, std::slice::from_ref(&key), GrantState::Active).await;
     let grant = grants_of(&*store, &key).await.remove(0);
@@ -338,7 +350,7 @@ async fn a_killed_instances_leased_apply_is_taken_over_by_the_other_once_the_lea
     let pending: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM jobs WHERE lane = 'provider' AND state = 'pending'",
     )
-    .fetch_one(&pool)
+    .fetch_one(pool)
     .await
     .unwrap();
     assert_eq!(pending, 0, "the taken-over apply is done");
