@@ -54,7 +54,14 @@ echo "JITBRIDGE_TEST_POSTGRES_URL=$url"
 
 if [ "${1:-}" = "--" ]; then
     shift
-    JITBRIDGE_TEST_POSTGRES_URL="$url" "$@"
+    # In the background and waited for, so that a signal stops the command and the cluster at
+    # once (bash defers traps while a foreground child runs).
+    JITBRIDGE_TEST_POSTGRES_URL="$url" "$@" &
+    child=$!
+    trap 'kill -TERM "$child" 2>/dev/null; wait "$child"; exit 143' INT TERM
+    rc=0
+    wait "$child" || rc=$?
+    exit "$rc"
 else
     echo "PostgreSQL is running; press Ctrl-C to stop it and delete its data." >&2
     while true; do sleep 3600; done

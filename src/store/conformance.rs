@@ -11,6 +11,8 @@ use std::ops::Deref;
 use std::str::FromStr;
 use std::sync::{Arc, Once};
 
+use proptest::prelude::*;
+
 use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 use sqlx::postgres::PgConnectOptions;
@@ -127,6 +129,33 @@ impl Fixture {
     /// The store, shareable across tasks.
     pub(super) fn shared(&self) -> Arc<dyn Store> {
         self.store.clone()
+    }
+
+    /// The stored state of a job.
+    async fn job_state(&self, id: Uuid) -> String {
+        const SQL: &str = "SELECT state FROM jobs WHERE id = $1";
+        match &self.raw {
+            Raw::Sqlite(pool) => {
+                sqlx::query_scalar(SQL)
+                    .bind(id.to_string())
+                    .fetch_one(pool)
+                    .await
+            }
+            Raw::Postgres(pool) => {
+                sqlx::query_scalar(SQL)
+                    .bind(id.to_string())
+                    .fetch_one(pool)
+                    .await
+            }
+        }
+        .unwrap()
+    }
+
+    /// SQLite, and PostgreSQL when configured: what a property runs each case on.
+    pub(super) async fn all() -> Vec<Fixture> {
+        let mut all = vec![Fixture::sqlite().await];
+        all.extend(Fixture::postgres().await);
+        all
     }
 
     /// Runs one SQL statement that returns a count.
@@ -1197,6 +1226,263 @@ pub(super) async fn a_statement_blocked_past_its_timeout_fails_unavailable(store
     );
     blocker.rollback().await.unwrap();
     assert_eq!(impatient.get_grant(Uuid::now_v7()).await.unwrap(), None);
+}
+
+// ---- properties (each case on every configured backend) ----
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        any::<u64>().prop_map(serde_json::Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(serde_json::Value::from),
+        ".{0,12}".prop_map(serde_json::Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+            proptest::collection::btree_map(".{0,6}", inner, 0..4)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn new_audit() -> impl Strategy<Value = NewAudit> {
+    (
+        -1_000_000_000_000_000_000i64..4_000_000_000_000_000_000i64,
+        "[a-z]{1,8}\\.[a-z]{1,8}",
+        proptest::option::of(any::<u128>().prop_map(Uuid::from_u128)),
+        proptest::option::of(".{0,10}"),
+        proptest::option::of(".{0,10}"),
+        proptest::option::of(".{0,10}"),
+        json_value(),
+    )
+        .prop_map(
+            |(nanos, kind, grant_id, connector, ticket_key, actor, detail)| NewAudit {
+                at: Timestamp::from_nanosecond(i128::from(nanos)).unwrap(),
+                kind,
+                grant_id,
+                connector,
+                ticket_key,
+                actor,
+                detail,
+            },
+        )
+}
+
+/// One step against the outbox, indices taken modulo the number of enqueued jobs.
+#[derive(Debug, Clone)]
+enum Op {
+    Enqueue {
+        writeback: bool,
+        key: u8,
+        delay: i64,
+    },
+    Claim {
+        writeback: bool,
+        limit: u32,
+    },
+    Complete(usize),
+    Reschedule(usize, i64),
+    Dead(usize),
+    RetryDead(usize),
+    Advance(i64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (any::<bool>(), 0u8..3, 0i64..3).prop_map(|(writeback, key, delay)| Op::Enqueue { writeback, key, delay }),
+        3 => (any::<bool>(), 1u32..4).prop_map(|(writeback, limit)| Op::Claim { writeback, limit }),
+        1 => any::<usize>().prop_map(Op::Complete),
+        1 => (any::<usize>(), 0i64..30).prop_map(|(i, d)| Op::Reschedule(i, d)),
+        1 => any::<usize>().prop_map(Op::Dead),
+        1 => any::<usize>().prop_map(Op::RetryDead),
+        2 => (0i64..25).prop_map(Op::Advance),
+    ]
+}
+
+/// The reference model of one outbox row.
+#[derive(Debug, Clone)]
+struct ModelJob {
+    id: Uuid,
+    lane: Lane,
+    key: u8,
+    state: JobState,
+    next_at: i64,
+    leased_until: Option<i64>,
+    attempts: i32,
+}
+
+const LEASE: i64 = 20;
+
+fn model_claim(jobs: &mut [ModelJob], lane: Lane, now: i64, limit: u32) -> Vec<Uuid> {
+    let mut out = Vec::new();
+    for i in 0..jobs.len() {
+        let j = &jobs[i];
+        let blocked = jobs[..i]
+            .iter()
+            .any(|e| e.lane == j.lane && e.key == j.key && e.state == JobState::Pending);
+        let eligible = j.lane == lane
+            && j.state == JobState::Pending
+            && j.next_at <= now
+            && j.leased_until.is_none_or(|u| u <= now)
+            && !blocked;
+        if eligible && out.len() < limit as usize {
+            out.push(j.id);
+            jobs[i].leased_until = Some(now + LEASE);
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Any audit record, whatever its timestamp precision and detail, chains and verifies
+    /// after a trip through the database.
+    #[test]
+    fn any_audit_record_verifies_after_a_round_trip(records in proptest::collection::vec(new_audit(), 1..6)) {
+        runtime().block_on(async {
+            for store in &Fixture::all().await {
+                store.append_audit(records.clone()).await.unwrap();
+                let stored = all_audit(&**store).await;
+                prop_assert_eq!(stored.len(), records.len());
+                prop_assert!(verify_chain((0, GENESIS_HASH.to_owned()), &stored).is_ok());
+                for (s, r) in stored.iter().zip(&records) {
+                    prop_assert_eq!(&s.record.detail, &r.detail);
+                    prop_assert_eq!(s.record.at.as_millisecond(), r.at.as_millisecond());
+                }
+            }
+            Ok(())
+        })?;
+    }
+
+    /// Any mix of new and repeated dedupe keys arriving together: each key's first
+    /// delivery is accepted and every later one is told the first one's id.
+    #[test]
+    fn concurrent_inserts_accept_one_per_key_and_name_it_to_the_rest(keys in proptest::collection::vec(0u8..6, 1..60)) {
+        runtime().block_on(async {
+            for store in &Fixture::all().await {
+                let deliveries: Vec<NewDelivery> = keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| delivery(&format!("evt-{k}"), i as i64))
+                    .collect();
+                let outcomes = futures::future::join_all(
+                    deliveries.iter().map(|d| store.insert_delivery(d.clone())),
+                )
+                .await;
+                // Concurrent callers are not ordered: whichever commits first is accepted and
+                // every other delivery of its key is told that one's id.
+                let mut accepted: std::collections::HashMap<u8, Uuid> = Default::default();
+                for ((k, d), outcome) in keys.iter().zip(&deliveries).zip(&outcomes) {
+                    if outcome.as_ref().unwrap() == &InsertOutcome::Accepted(d.id) {
+                        prop_assert!(accepted.insert(*k, d.id).is_none(), "two accepted for one key");
+                    }
+                }
+                for (k, outcome) in keys.iter().zip(outcomes) {
+                    let winner = accepted.get(k).copied();
+                    prop_assert!(winner.is_some(), "no delivery of a key was accepted");
+                    let outcome = outcome.unwrap();
+                    prop_assert!(
+                        outcome == InsertOutcome::Accepted(winner.unwrap_or_default())
+                            || outcome == InsertOutcome::Duplicate(winner.unwrap_or_default()),
+                        "{:?} does not name the accepted delivery", outcome
+                    );
+                }
+                let first = accepted;
+                prop_assert_eq!(delivery_count(store).await, first.len() as i64);
+            }
+            Ok(())
+        })?;
+    }
+
+    /// Random sequences of enqueue / claim / complete / reschedule / dead-letter / retry /
+    /// time steps: every claim returns exactly what the ordering and lease rules allow.
+    #[test]
+    fn job_claims_follow_queue_order_and_leases(ops in proptest::collection::vec(op(), 1..40)) {
+        runtime().block_on(async {
+            for store in &Fixture::all().await {
+                let mut model: Vec<ModelJob> = Vec::new();
+                let mut now = 0i64;
+                for op in ops.clone() {
+                    match op {
+                        Op::Enqueue { writeback, key, delay } => {
+                            let lane = if writeback { Lane::Writeback } else { Lane::Provider };
+                            let j = job(lane, &format!("key-{key}"), now + delay);
+                            enqueue(store, std::slice::from_ref(&j)).await;
+                            model.push(ModelJob { id: j.id, lane, key, state: JobState::Pending,
+                                next_at: now + delay, leased_until: None, attempts: 0 });
+                        }
+                        Op::Claim { writeback, limit } => {
+                            let lane = if writeback { Lane::Writeback } else { Lane::Provider };
+                            let got = store.claim_jobs(lane, "w", at(now), secs(LEASE), limit).await.unwrap();
+                            let expected = model_claim(&mut model, lane, now, limit);
+                            prop_assert_eq!(ids(&got), expected);
+                            let keys: HashSet<_> = got.iter().map(|j| j.queue_key.clone()).collect();
+                            prop_assert_eq!(keys.len(), got.len());
+                        }
+                        Op::Complete(i) if !model.is_empty() => {
+                            let n = model.len();
+                            let m = &mut model[i % n];
+                            store.complete_job(m.id).await.unwrap();
+                            m.state = JobState::Done;
+                            m.leased_until = None;
+                        }
+                        Op::Reschedule(i, delay) if !model.is_empty() => {
+                            let n = model.len();
+                            let m = &mut model[i % n];
+                            let res = store.reschedule_job(m.id, m.attempts + 1, at(now + delay), "retry").await;
+                            prop_assert_eq!(res.is_ok(), m.state == JobState::Pending);
+                            if m.state == JobState::Pending {
+                                m.attempts += 1;
+                                m.next_at = now + delay;
+                                m.leased_until = None;
+                            }
+                        }
+                        Op::Dead(i) if !model.is_empty() => {
+                            let n = model.len();
+                            let m = &mut model[i % n];
+                            let res = store.dead_letter_job(m.id, m.attempts, "dead").await;
+                            prop_assert_eq!(res.is_ok(), m.state == JobState::Pending);
+                            if m.state == JobState::Pending {
+                                m.state = JobState::Dead;
+                                m.leased_until = None;
+                            }
+                        }
+                        Op::RetryDead(i) if !model.is_empty() => {
+                            let n = model.len();
+                            let m = &mut model[i % n];
+                            let changed = store.retry_dead_job(m.id, at(now)).await.unwrap();
+                            prop_assert_eq!(changed, m.state == JobState::Dead);
+                            if changed {
+                                m.state = JobState::Pending;
+                                m.next_at = now;
+                            }
+                        }
+                        Op::Advance(by) => now += by,
+                        Op::Complete(_) | Op::Reschedule(..) | Op::Dead(_) | Op::RetryDead(_) => {}
+                    }
+                }
+                // The stored rows agree with the model at the end.
+                for m in &model {
+                    let state = store.job_state(m.id).await;
+                    prop_assert_eq!(state.as_str(), m.state.as_str());
+                }
+            }
+            Ok(())
+        })?;
+    }
 }
 
 /// Generates, in module `$module`, one `#[tokio::test]` per suite function, each running it on

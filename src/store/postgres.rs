@@ -189,6 +189,11 @@ fn db_error(e: sqlx::Error) -> StoreError {
                     Some(constraint) => format!("{} ({constraint})", d.message()),
                     None => d.message().to_owned(),
                 }),
+                // U+0000 in a TEXT value: the input, not the database, is at fault.
+                "22021" => StoreError::Corrupt(format!(
+                    "value refused by PostgreSQL (text cannot contain U+0000): {}",
+                    d.message()
+                )),
                 c if c.starts_with("23") => {
                     StoreError::Corrupt(format!("row refused by the schema: {}", d.message()))
                 }
@@ -282,6 +287,20 @@ async fn mark_job_done(conn: &mut PgConnection, id: Uuid, at: i64) -> Result<(),
     Ok(())
 }
 
+/// The record as PostgreSQL can store it: a TEXT value cannot hold U+0000, which an ITSM
+/// payload may carry in a name or key, so it becomes U+FFFD. The chain hashes this form, so it
+/// verifies after a round trip. (`detail` is JSON text, where U+0000 is escaped and kept.)
+fn storable_audit(record: &NewAudit) -> NewAudit {
+    let clean = |text: &Option<String>| text.as_ref().map(|t| t.replace('\0', "\u{FFFD}"));
+    NewAudit {
+        kind: record.kind.replace('\0', "\u{FFFD}"),
+        connector: clean(&record.connector),
+        ticket_key: clean(&record.ticket_key),
+        actor: clean(&record.actor),
+        ..record.clone()
+    }
+}
+
 /// Appends `records` to the audit chain inside the caller's transaction. The advisory lock is
 /// held until that transaction ends, so no other instance can read the same head and fork
 /// the chain.
@@ -307,7 +326,7 @@ async fn append_chained(conn: &mut PgConnection, records: &[NewAudit]) -> Result
     };
     for record in records {
         // Hash exactly what will read back: instants are stored to the millisecond.
-        let mut record = record.clone();
+        let mut record = storable_audit(record);
         record.at = at_storage_precision(record.at);
         seq += 1;
         let hash = chain_hash(&prev_hash, seq, &record);
