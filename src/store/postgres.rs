@@ -637,7 +637,7 @@ impl Store for PgStore {
 
     /// Counts what is committed now. Two instances approving for the same subject at the same
     /// instant can each see the count below the cap (the `Commit` does not carry the caps, so
-    /// they cannot be re-checked inside it); the overshoot is bounded by the instance count.
+    /// they cannot be re-checked inside it), so such a race can exceed a cap.
     async fn count_live_grants(
         &self,
         subject: &str,
