@@ -35,8 +35,6 @@ pub enum AppError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("the {0} store backend is not available in this build")]
-    Backend(&'static str),
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
 }
@@ -50,7 +48,9 @@ pub async fn open_store(
         StoreLocation::Sqlite(path) => Ok(Arc::new(
             crate::store::sqlite::SqliteStore::open_with_clock(path, clock).await?,
         )),
-        StoreLocation::Postgres(_) => Err(AppError::Backend("PostgreSQL")),
+        StoreLocation::Postgres(url) => Ok(Arc::new(
+            crate::store::postgres::PgStore::connect(url, clock).await?,
+        )),
     }
 }
 
@@ -144,6 +144,7 @@ pub async fn start_with_store(
     );
 
     // Leases held by a previous run of this (only) instance would otherwise delay overdue revokes.
+    // (On PostgreSQL other instances may be alive: there only lapsed leases are released.)
     let released = store.release_stale_leases().await?;
     if released > 0 {
         tracing::info!(released, "released work leased by a previous run");

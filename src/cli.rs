@@ -181,10 +181,8 @@ async fn open_offline(config: &Path) -> Result<std::sync::Arc<dyn jitbridge::sto
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let location = match raw.store.url.strip_prefix("sqlite://") {
-        Some(p) => jitbridge::config::StoreLocation::Sqlite(base.join(p)),
-        None => bail!("offline access supports only the SQLite store"),
-    };
+    let location = jitbridge::config::load::store_location(&raw.store.url, base)
+        .map_err(|why| anyhow!("{}: store.url: {why}", config.display()))?;
     Ok(jitbridge::app::open_store(
         &location,
         std::sync::Arc::new(jitbridge::clock::SystemClock),

@@ -430,7 +430,9 @@ pub fn validate(
     })
 }
 
-fn store_location(url: &str, base_dir: &Path) -> Result<StoreLocation, String> {
+/// Where `[store] url` points: a SQLite file (relative paths from `base_dir`, the config
+/// file's directory) or a PostgreSQL URL. Shared by the daemon and the CLI's offline reads.
+pub fn store_location(url: &str, base_dir: &Path) -> Result<StoreLocation, String> {
     if let Some(path) = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))

@@ -1,10 +1,17 @@
 //! Durable state behind one small trait: the inbox of deliveries, the grant ledger, the outbox
-//! of provider and writeback jobs, and the audit chain. [`sqlite`] is the embedded default.
+//! of provider and writeback jobs, and the audit chain. [`sqlite`] is the embedded default;
+//! [`postgres`] lets several instances share one database.
 //!
 //! Every grant transition is one [`Commit`]: new grant row + audit records + outbox jobs in one
 //! transaction, so a crash can delay work but never lose or duplicate it. Work is taken by
 //! leased claims, so several workers (or instances on PostgreSQL) never run the same job at once.
 
+#[cfg(test)]
+mod conformance;
+#[macro_use]
+mod rows;
+pub mod postgres;
+mod reads;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -204,15 +211,17 @@ pub struct OutboxStats {
     pub oldest_pending_age: Option<SignedDuration>,
 }
 
-/// The durable state of jitbridge. Implemented by [`sqlite::SqliteStore`] (and PostgreSQL).
+/// The durable state of jitbridge. Implemented by [`sqlite::SqliteStore`] and
+/// [`postgres::PgStore`].
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Is the database reachable? (for `/readyz`)
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Releases every lease on deliveries and jobs. Called at start-up only by a backend that is
-    /// the sole instance (SQLite's exclusive lock guarantees it), so work a crashed run had
-    /// claimed is taken again at once instead of after its lease lapses. Returns rows released.
+    /// Called at start-up. SQLite (the sole instance, by its exclusive lock) releases every
+    /// lease, so work a crashed run had claimed is taken again at once instead of after its
+    /// lease lapses. PostgreSQL, where other instances may be alive, releases only leases that
+    /// have already lapsed. Returns rows released.
     async fn release_stale_leases(&self) -> Result<u64, StoreError>;
 
     // ---- inbox ----

@@ -12,6 +12,7 @@ mod ingress;
 mod jira_flow;
 mod lifetime_flow;
 mod policy_flow;
+mod postgres_instances;
 mod reload;
 mod resilience;
 mod scopes_flow;

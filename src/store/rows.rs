@@ -1,13 +1,15 @@
-//! Conversions between the domain types and SQLite columns, kept apart from the SQL so the
-//! storage conventions live in one place: instants are unix milliseconds, durations whole
-//! seconds, ids hyphenated UUID text, structured values JSON text. Every decode failure is a
-//! [`StoreError::Corrupt`] naming the table and column, never a panic.
+//! Conversions between the domain types and database columns, shared by the SQLite and
+//! PostgreSQL backends so the storage conventions live in one place: instants are unix
+//! milliseconds, durations whole seconds, ids hyphenated UUID text, structured values JSON text
+//! (byte for byte what was hashed, which a normalizing `jsonb` would not keep). Every decode
+//! failure is a [`StoreError::Corrupt`] naming the table and column, never a panic.
 
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Decode, Row, Sqlite, Type};
+use sqlx::{Database, Decode, Encode, Row, Type};
 use uuid::Uuid;
 
 use crate::audit::{AuditRecord, NewAudit};
@@ -15,39 +17,116 @@ use crate::grants::{Grant, GrantState, RevokeCause};
 use crate::store::{Delivery, Job, JobState, Lane, StoreError};
 use crate::ticket::{Person, TicketRef};
 
+/// Grant columns in decode and bind order (a macro so queries stay `&'static str`).
+macro_rules! grant_columns {
+    () => {
+        "id, connector, ticket_id, ticket_key, ticket_url, mapping, state, subject, target, \
+         scope, provider, duration_secs, requester, approvers, requested_at, approved_at, \
+         starts_at, expires_at, ended_at, revoke_cause, reason, last_event_at, context, version"
+    };
+}
+
+/// Job columns in decode order.
+macro_rules! job_columns {
+    () => {
+        "seq, id, lane, queue_key, payload, state, attempts, next_at, last_error, created_at"
+    };
+}
+
+/// Audit columns in decode order.
+macro_rules! audit_columns {
+    () => {
+        "seq, at, kind, grant_id, connector, ticket_key, actor, detail, prev_hash, hash"
+    };
+}
+
+/// The states in which a grant is finished; must match both schemas' `grants_one_live` index
+/// predicate.
+macro_rules! live_grant_predicate {
+    () => {
+        "state NOT IN ('expired', 'revoked', 'denied', 'failed', 'cancelled')"
+    };
+}
+
 /// Unix milliseconds of an instant (sub-millisecond precision is dropped).
-pub(super) fn ms(ts: Timestamp) -> i64 {
+pub(in crate::store) fn ms(ts: Timestamp) -> i64 {
     ts.as_millisecond()
 }
 
 /// Unix milliseconds of an optional instant.
-pub(super) fn opt_ms(ts: Option<Timestamp>) -> Option<i64> {
+pub(in crate::store) fn opt_ms(ts: Option<Timestamp>) -> Option<i64> {
     ts.map(ms)
 }
 
 /// The instant as it will read back from the database: truncated to whole milliseconds.
 /// Audit records are hashed in this form, so the chain verifies after a round trip.
-pub(super) fn at_storage_precision(ts: Timestamp) -> Timestamp {
+pub(in crate::store) fn at_storage_precision(ts: Timestamp) -> Timestamp {
     Timestamp::from_millisecond(ts.as_millisecond()).unwrap_or(ts)
 }
 
 /// Milliseconds of a duration, saturated into `i64` (a lease of centuries is still a lease).
-pub(super) fn duration_ms(d: SignedDuration) -> i64 {
+pub(in crate::store) fn duration_ms(d: SignedDuration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(if d.is_negative() { i64::MIN } else { i64::MAX })
 }
 
 /// Serializes a value for a JSON TEXT column.
-pub(super) fn to_json<T: Serialize + ?Sized>(what: &str, value: &T) -> Result<String, StoreError> {
+pub(in crate::store) fn to_json<T: Serialize + ?Sized>(
+    what: &str,
+    value: &T,
+) -> Result<String, StoreError> {
     serde_json::to_string(value)
         .map_err(|e| StoreError::Corrupt(format!("cannot encode {what}: {e}")))
 }
 
-/// Reads one column, reporting the table and column when the stored value has the wrong type.
-fn get<'r, T>(row: &'r SqliteRow, table: &str, col: &str) -> Result<T, StoreError>
+/// A result row of either backend, read by column name. The decoders below are written once
+/// against this trait; each backend's row type implements it with the driver's own decoding.
+pub(in crate::store) trait Columns {
+    /// Decodes column `col` as `T`.
+    fn column<T: Column>(&self, col: &str) -> Result<T, sqlx::Error>;
+}
+
+/// A value type every backend can decode (the column types the schema uses).
+pub(in crate::store) trait Column:
+    Sized
+    + for<'r> Decode<'r, sqlx::Sqlite>
+    + Type<sqlx::Sqlite>
+    + for<'r> Decode<'r, sqlx::Postgres>
+    + Type<sqlx::Postgres>
+{
+}
+
+impl Column for String {}
+impl Column for Option<String> {}
+impl Column for i64 {}
+impl Column for Option<i64> {}
+impl Column for i32 {}
+impl Column for Vec<u8> {}
+
+impl Columns for SqliteRow {
+    fn column<T: Column>(&self, col: &str) -> Result<T, sqlx::Error> {
+        decode_column::<sqlx::Sqlite, _, T>(self, col)
+    }
+}
+
+impl Columns for PgRow {
+    fn column<T: Column>(&self, col: &str) -> Result<T, sqlx::Error> {
+        decode_column::<sqlx::Postgres, _, T>(self, col)
+    }
+}
+
+fn decode_column<'r, DB, R, T>(row: &'r R, col: &str) -> Result<T, sqlx::Error>
 where
-    T: Decode<'r, Sqlite> + Type<Sqlite>,
+    DB: Database,
+    R: Row<Database = DB>,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    T: Decode<'r, DB> + Type<DB>,
 {
     row.try_get::<T, _>(col)
+}
+
+/// Reads one column, reporting the table and column when the stored value has the wrong type.
+fn get<T: Column>(row: &impl Columns, table: &str, col: &str) -> Result<T, StoreError> {
+    row.column::<T>(col)
         .map_err(|e| StoreError::Corrupt(format!("{table}.{col}: {e}")))
 }
 
@@ -59,11 +138,11 @@ fn timestamp(table: &str, col: &str, millis: i64) -> Result<Timestamp, StoreErro
     })
 }
 
-fn get_ts(row: &SqliteRow, table: &str, col: &str) -> Result<Timestamp, StoreError> {
+fn get_ts(row: &impl Columns, table: &str, col: &str) -> Result<Timestamp, StoreError> {
     timestamp(table, col, get::<i64>(row, table, col)?)
 }
 
-fn get_opt_ts(row: &SqliteRow, table: &str, col: &str) -> Result<Option<Timestamp>, StoreError> {
+fn get_opt_ts(row: &impl Columns, table: &str, col: &str) -> Result<Option<Timestamp>, StoreError> {
     get::<Option<i64>>(row, table, col)?
         .map(|v| timestamp(table, col, v))
         .transpose()
@@ -74,24 +153,28 @@ fn parse_uuid(table: &str, col: &str, text: &str) -> Result<Uuid, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("{table}.{col}: not a UUID: {e}")))
 }
 
-fn get_uuid(row: &SqliteRow, table: &str, col: &str) -> Result<Uuid, StoreError> {
+fn get_uuid(row: &impl Columns, table: &str, col: &str) -> Result<Uuid, StoreError> {
     parse_uuid(table, col, &get::<String>(row, table, col)?)
 }
 
-fn get_json<T: DeserializeOwned>(row: &SqliteRow, table: &str, col: &str) -> Result<T, StoreError> {
+fn get_json<T: DeserializeOwned>(
+    row: &impl Columns,
+    table: &str,
+    col: &str,
+) -> Result<T, StoreError> {
     let text = get::<String>(row, table, col)?;
     serde_json::from_str(&text)
         .map_err(|e| StoreError::Corrupt(format!("{table}.{col}: invalid JSON: {e}")))
 }
 
 /// Parses a stored grant state.
-pub(super) fn grant_state(text: &str) -> Result<GrantState, StoreError> {
+pub(in crate::store) fn grant_state(text: &str) -> Result<GrantState, StoreError> {
     text.parse::<GrantState>()
         .map_err(|e| StoreError::Corrupt(format!("grants.state: {e}")))
 }
 
 /// Stored name of a revoke cause.
-pub(super) fn revoke_cause_str(cause: RevokeCause) -> &'static str {
+pub(in crate::store) fn revoke_cause_str(cause: RevokeCause) -> &'static str {
     match cause {
         RevokeCause::Deadline => "deadline",
         RevokeCause::Early => "early",
@@ -109,7 +192,7 @@ fn revoke_cause(text: &str) -> Result<RevokeCause, StoreError> {
 }
 
 /// Parses a stored lane name.
-pub(super) fn lane(text: &str) -> Result<Lane, StoreError> {
+pub(in crate::store) fn lane(text: &str) -> Result<Lane, StoreError> {
     match text {
         "provider" => Ok(Lane::Provider),
         "writeback" => Ok(Lane::Writeback),
@@ -120,7 +203,7 @@ pub(super) fn lane(text: &str) -> Result<Lane, StoreError> {
 }
 
 /// Parses a stored job state.
-pub(super) fn job_state(text: &str) -> Result<JobState, StoreError> {
+pub(in crate::store) fn job_state(text: &str) -> Result<JobState, StoreError> {
     match text {
         "pending" => Ok(JobState::Pending),
         "done" => Ok(JobState::Done),
@@ -132,7 +215,7 @@ pub(super) fn job_state(text: &str) -> Result<JobState, StoreError> {
 }
 
 /// A grant encoded for binding, so INSERT and UPDATE bind exactly the same values.
-pub(super) struct GrantColumns<'g> {
+pub(in crate::store) struct GrantColumns<'g> {
     pub grant: &'g Grant,
     pub requester: Option<String>,
     pub approvers: String,
@@ -155,10 +238,18 @@ impl<'g> GrantColumns<'g> {
     }
 
     /// Binds `$1..$24` in `grant_columns!` order.
-    pub fn bind<'q>(
-        &'q self,
-        q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
-    ) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
+    pub fn bind<'q, DB>(
+        &self,
+        q: sqlx::query::Query<'q, DB, DB::Arguments>,
+    ) -> sqlx::query::Query<'q, DB, DB::Arguments>
+    where
+        DB: Database,
+        String: for<'t> Encode<'t, DB> + Type<DB>,
+        for<'t> &'t str: Encode<'t, DB> + Type<DB>,
+        for<'t> Option<&'t str>: Encode<'t, DB> + Type<DB>,
+        i64: for<'t> Encode<'t, DB> + Type<DB>,
+        Option<i64>: for<'t> Encode<'t, DB> + Type<DB>,
+    {
         let g = self.grant;
         q.bind(g.id.to_string())
             .bind(g.ticket.connector.as_str())
@@ -188,7 +279,7 @@ impl<'g> GrantColumns<'g> {
 }
 
 /// Decodes a row selected with `grant_columns!`.
-pub(super) fn grant(row: &SqliteRow) -> Result<Grant, StoreError> {
+pub(in crate::store) fn grant(row: &impl Columns) -> Result<Grant, StoreError> {
     const T: &str = "grants";
     let requester: Option<String> = get(row, T, "requester")?;
     let requester: Option<Person> = requester
@@ -229,7 +320,7 @@ pub(super) fn grant(row: &SqliteRow) -> Result<Grant, StoreError> {
 }
 
 /// Decodes a claimed delivery (`id, connector, dedupe_key, received_at, headers, body, attempts`).
-pub(super) fn delivery(row: &SqliteRow) -> Result<Delivery, StoreError> {
+pub(in crate::store) fn delivery(row: &impl Columns) -> Result<Delivery, StoreError> {
     const T: &str = "deliveries";
     Ok(Delivery {
         id: get_uuid(row, T, "id")?,
@@ -243,7 +334,7 @@ pub(super) fn delivery(row: &SqliteRow) -> Result<Delivery, StoreError> {
 }
 
 /// Decodes a row selected with `job_columns!`.
-pub(super) fn job(row: &SqliteRow) -> Result<Job, StoreError> {
+pub(in crate::store) fn job(row: &impl Columns) -> Result<Job, StoreError> {
     const T: &str = "jobs";
     Ok(Job {
         id: get_uuid(row, T, "id")?,
@@ -260,7 +351,7 @@ pub(super) fn job(row: &SqliteRow) -> Result<Job, StoreError> {
 }
 
 /// Decodes a row selected with `audit_columns!`.
-pub(super) fn audit(row: &SqliteRow) -> Result<AuditRecord, StoreError> {
+pub(in crate::store) fn audit(row: &impl Columns) -> Result<AuditRecord, StoreError> {
     const T: &str = "audit";
     let grant_id: Option<String> = get(row, T, "grant_id")?;
     Ok(AuditRecord {
@@ -284,7 +375,7 @@ pub(super) fn audit(row: &SqliteRow) -> Result<AuditRecord, StoreError> {
 
 /// Cuts an error message to at most `max` bytes on a character boundary, so a huge upstream
 /// error body cannot bloat every row that records it.
-pub(super) fn bounded(text: &str, max: usize) -> &str {
+pub(in crate::store) fn bounded(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
     }
