@@ -914,6 +914,7 @@ impl GrantService {
                 complete_job,
             })
             .await?;
+        crate::failpoint!(crate::failpoint::GRANT_COMMIT);
         if has_provider {
             self.wakers.provider.notify_one();
         }

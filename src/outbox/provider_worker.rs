@@ -76,6 +76,7 @@ impl ProviderWorker {
                 }
                 continue;
             }
+            crate::failpoint!(crate::failpoint::OUTBOX_CLAIM);
             futures::future::join_all(jobs.into_iter().map(|j| self.handle(j))).await;
             if shutdown.is_cancelled() {
                 return;
@@ -157,8 +158,10 @@ impl ProviderWorker {
         let call = call_for(&grant, ProviderAction::Apply);
         match provider.apply(&call).await {
             Ok(()) => {
+                crate::failpoint!(crate::failpoint::PROVIDER_CALL);
                 metrics::counter!("jitbridge_provider_calls_total", "provider" => grant.provider.clone(), "action" => "apply", "outcome" => "ok").increment(1);
                 self.service.provider_applied(grant, job.id).await?;
+                crate::failpoint!(crate::failpoint::OUTBOX_ACK);
             }
             Err(e) => {
                 metrics::counter!("jitbridge_provider_calls_total", "provider" => grant.provider.clone(), "action" => "apply", "outcome" => "error").increment(1);
@@ -207,12 +210,14 @@ impl ProviderWorker {
         };
         match result {
             Ok(()) => {
+                crate::failpoint!(crate::failpoint::PROVIDER_CALL);
                 metrics::counter!("jitbridge_provider_calls_total", "provider" => grant.provider.clone(), "action" => "revoke", "outcome" => "ok").increment(1);
                 if ending {
                     self.service.revoke_succeeded(grant, job.id).await?;
                 } else {
                     store.complete_job(job.id).await?;
                 }
+                crate::failpoint!(crate::failpoint::OUTBOX_ACK);
             }
             Err(error) => {
                 metrics::counter!("jitbridge_provider_calls_total", "provider" => grant.provider.clone(), "action" => "revoke", "outcome" => "error").increment(1);

@@ -76,6 +76,7 @@ impl WritebackWorker {
                 }
                 continue;
             }
+            crate::failpoint!(crate::failpoint::OUTBOX_CLAIM);
             futures::future::join_all(jobs.into_iter().map(|j| self.handle(j))).await;
             if shutdown.is_cancelled() {
                 return;
@@ -139,11 +140,17 @@ impl WritebackWorker {
                 )
                 .await;
         }
-        match reg.connector.write_back(&wb).await {
-            Ok(()) => {
+        match deliver(reg.connector.as_ref(), &wb, is_reattempt(job)).await {
+            Ok(outcome) => {
+                crate::failpoint!(crate::failpoint::WRITEBACK_CALL);
                 metrics::counter!("jitbridge_writebacks_total", "connector" => connector_id, "outcome" => "ok").increment(1);
                 self.store.complete_job(job.id).await?;
-                self.audit(&wb, "writeback.delivered", None).await
+                crate::failpoint!(crate::failpoint::OUTBOX_ACK);
+                let kind = match outcome {
+                    Delivered::Posted => "writeback.delivered",
+                    Delivered::AlreadyPresent => "writeback.already_present",
+                };
+                self.audit(&wb, kind, None).await
             }
             Err(e)
                 if e.is_retryable()
@@ -207,4 +214,35 @@ impl WritebackWorker {
             }])
             .await
     }
+}
+
+/// How a writeback ended up in the ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivered {
+    /// This attempt made the call.
+    Posted,
+    /// An earlier attempt had already posted the comment (its acknowledgement was lost).
+    AlreadyPresent,
+}
+
+/// Whether an earlier attempt of `job` may have reached the ITSM: it failed before, or its lease
+/// lapsed (the store notes that in `last_error` when it hands the job out again), e.g. because
+/// the daemon crashed between the ITSM's success and the acknowledgement.
+fn is_reattempt(job: &Job) -> bool {
+    job.attempts > 0 || job.last_error.is_some()
+}
+
+/// Performs `wb`; on a re-attempt of a comment, first asks the ticket whether the comment carrying
+/// its marker is already there, so each comment appears once. Status changes are idempotent.
+async fn deliver(
+    connector: &dyn crate::connectors::Connector,
+    wb: &Writeback,
+    reattempt: bool,
+) -> Result<Delivered, crate::connectors::ConnectorError> {
+    let is_comment = matches!(wb.action, crate::connectors::WritebackAction::Comment { .. });
+    if reattempt && is_comment && connector.has_comment(wb).await? {
+        return Ok(Delivered::AlreadyPresent);
+    }
+    connector.write_back(wb).await?;
+    Ok(Delivered::Posted)
 }

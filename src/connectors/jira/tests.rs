@@ -187,6 +187,32 @@ async fn add_comment(
         .into_response()
 }
 
+/// `GET .../comment`: pages of 2 (whatever `maxResults` says) so paging is exercised.
+async fn list_comments(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = gate(&s, &headers) {
+        return r;
+    }
+    if key != "ACCESS-87" {
+        return not_found();
+    }
+    let start: usize = q.get("startAt").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let site = lock(&s);
+    let page: Vec<Value> = site
+        .comments
+        .iter()
+        .skip(start)
+        .take(2)
+        .map(|b| json!({"id": "1", "body": b}))
+        .collect();
+    axum::Json(json!({"startAt": start, "maxResults": 2, "total": site.comments.len(), "comments": page}))
+        .into_response()
+}
+
 async fn list_transitions(
     State(s): State<Shared>,
     headers: HeaderMap,
@@ -253,7 +279,7 @@ async fn serve(s: Shared) -> Url {
         .route("/rest/api/3/issue/{key}", get(issue))
         .route(
             "/rest/api/3/issue/{key}/comment",
-            axum::routing::post(add_comment),
+            get(list_comments).post(add_comment),
         )
         .route(
             "/rest/api/3/issue/{key}/transitions",
@@ -341,15 +367,44 @@ async fn comment_is_posted_as_adf_and_accepted_with_201() {
     let doc = &site.comments[0];
     assert_eq!(
         doc["content"].as_array().map(Vec::len),
-        Some(2),
-        "two paragraphs"
+        Some(3),
+        "two paragraphs of text and the marker's"
     );
     assert_eq!(
         doc["content"][0]["content"][1],
         json!({"type": "hardBreak"})
     );
     assert_eq!(doc["content"][1]["content"][0]["text"], "Audit id: 42");
+    assert_eq!(doc["content"][2]["content"][0]["text"], "g1:active:comment");
     assert_eq!(site.unauthenticated_calls, 0);
+}
+
+#[tokio::test]
+async fn a_posted_comment_is_found_again_by_its_marker_across_pages() {
+    let s = site("In Progress");
+    let c = connector(serve(s.clone()).await);
+    for i in 0..4 {
+        let mut other = comment(&format!("earlier comment {i}"));
+        other.marker = format!("g0:state{i}:comment");
+        c.write_back(&other).await.expect("201");
+    }
+    let wb = comment("Local admin granted.");
+    assert!(!c.has_comment(&wb).await.expect("listing"), "not posted yet");
+    c.write_back(&wb).await.expect("201");
+    assert!(c.has_comment(&wb).await.expect("listing"), "on the third page");
+}
+
+#[tokio::test]
+async fn looking_for_a_marker_during_an_outage_is_retryable() {
+    let s = site("In Progress");
+    lock(&s).fail = Some((
+        StatusCode::SERVICE_UNAVAILABLE,
+        vec![("Retry-After", "7")],
+        json!({"errorMessages": ["down"]}),
+    ));
+    let c = connector(serve(s.clone()).await);
+    let err = c.has_comment(&comment("x")).await.expect_err("503");
+    assert!(err.is_retryable(), "{err}");
 }
 
 #[tokio::test]
