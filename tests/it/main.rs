@@ -5,10 +5,12 @@
 mod harness;
 
 mod cli;
+mod crash_ingest;
 mod freshservice_flow;
 mod ingress;
 mod jira_flow;
 mod policy_flow;
+mod process;
 mod resilience;
 mod secrets;
 mod servicenow_flow;

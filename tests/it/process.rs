@@ -1,0 +1,159 @@
+//! The daemon as a real child process (`jitbridge serve`), for tests that must crash it for
+//! real: `SIGKILL`, or a failpoint that aborts it. It listens on a fixed port chosen once, so
+//! senders and the Jira simulator keep one URL across restarts; its store lives in the
+//! configuration directory and survives every restart.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jitbridge::grants::Grant;
+use jitbridge::store::sqlite::SqliteStore;
+use jitbridge::store::{GrantFilter, Store};
+use jitbridge_sim::jira::users;
+
+use crate::harness::{ADMIN_TOKEN, ELEVATION_SECRET, WEBHOOK_SECRET};
+
+/// A `jitbridge serve` child process, restartable on the same store and port.
+pub struct DaemonProcess {
+    config: PathBuf,
+    port: u16,
+    child: Option<Child>,
+    /// Everything the process wrote to stderr, across restarts.
+    pub logs: Arc<Mutex<String>>,
+}
+
+impl DaemonProcess {
+    /// Rewrites the `listen` lines of `config` to one free port (chosen now, kept for life).
+    pub fn new(config: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let text = std::fs::read_to_string(config).expect("read config");
+        let text = text.replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        );
+        std::fs::write(config, text).expect("write config");
+        Self {
+            config: config.to_owned(),
+            port,
+            child: None,
+            logs: Arc::default(),
+        }
+    }
+
+    /// `http://127.0.0.1:<port>/webhooks/jira`.
+    pub fn jira_webhook_url(&self) -> String {
+        format!("http://127.0.0.1:{}/webhooks/jira", self.port)
+    }
+
+    /// Starts the process with `failpoints` armed (comma-separated; empty: none) and waits until
+    /// it says it is running. Panics if it does not come up in time.
+    pub async fn start(&mut self, failpoints: &str) {
+        assert!(self.child.is_none(), "already running");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_jitbridge"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("JITBRIDGE_FAILPOINTS", failpoints)
+            .env("JIRA_WEBHOOK_SECRET", WEBHOOK_SECRET)
+            .env("JIRA_API_TOKEN", users::API_TOKEN)
+            .env("ELEVATION_WEBHOOK_SECRET", ELEVATION_SECRET)
+            .env("TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn jitbridge");
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = self.logs.clone();
+        std::thread::spawn(move || {
+            let mut ready = Some(ready_tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("jitbridge is running")
+                    && let Some(tx) = ready.take()
+                {
+                    let _ = tx.send(());
+                }
+                let mut l = logs.lock().unwrap_or_else(|p| p.into_inner());
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        self.child = Some(child);
+        let up = tokio::time::timeout(Duration::from_secs(60), ready_rx).await;
+        assert!(
+            matches!(up, Ok(Ok(()))),
+            "daemon did not start; logs:\n{}",
+            self.logs()
+        );
+    }
+
+    /// `SIGKILL`, then reaps the process.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits until the process ends by itself (a failpoint aborted it); `false` on timeout.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            let exited = match self.child.as_mut() {
+                Some(c) => c.try_wait().expect("try_wait").is_some(),
+                None => true,
+            };
+            if exited {
+                self.child = None;
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// What the process logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Stops the process (`SIGKILL`) and opens its store to read the ledger.
+    pub async fn stop_and_open_store(&mut self) -> SqliteStore {
+        self.kill();
+        let db = self
+            .config
+            .parent()
+            .expect("config dir")
+            .join("data/jitbridge.db");
+        SqliteStore::open(&db).await.expect("open store")
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Every grant in `store`.
+pub async fn all_grants(store: &SqliteStore) -> Vec<Grant> {
+    store
+        .list_grants(&GrantFilter::default())
+        .await
+        .expect("list grants")
+}
