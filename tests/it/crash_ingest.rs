@@ -24,7 +24,7 @@ use jitbridge_sim::receiver::{CallKind, CallOutcome, ElevationReceiver};
 use serde_json::json;
 
 use crate::harness::{ELEVATION_SECRET, MAPPING, Options, WEBHOOK_SECRET, write_config};
-use crate::process::DaemonProcess;
+use crate::process::{DaemonProcess, send_until_acked};
 
 /// Knobs of one run.
 struct Run {
@@ -134,23 +134,6 @@ async fn prepare_approvals(jira: &JiraSim, n: usize) -> Vec<(String, Delivery)> 
         .await;
     jira.clear_webhooks().await;
     prepared
-}
-
-/// Sends `d` until the daemon answers 2xx: every other answer, timeout or connection error is
-/// retried with the same bytes and delivery id. Returns the number of attempts.
-async fn send_until_acked(http: &reqwest::Client, url: &str, d: &Delivery) -> u64 {
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let mut req = http.post(url).timeout(Duration::from_secs(5));
-        for (k, v) in &d.headers {
-            req = req.header(k, v);
-        }
-        match req.body(d.body.clone()).send().await {
-            Ok(r) if r.status().is_success() => return attempts,
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
 }
 
 /// Number of pending inbox rows plus pending outbox jobs, read beside the running daemon.

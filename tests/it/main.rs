@@ -6,6 +6,7 @@ mod harness;
 
 mod cli;
 mod crash_ingest;
+mod crash_points;
 mod freshservice_flow;
 mod ingress;
 mod jira_flow;

@@ -9,12 +9,23 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jitbridge::grants::Grant;
 use jitbridge::store::sqlite::SqliteStore;
-use jitbridge::store::{GrantFilter, Store};
 use jitbridge_sim::jira::users;
 
 use crate::harness::{ADMIN_TOKEN, ELEVATION_SECRET, WEBHOOK_SECRET};
+
+/// The `jitbridge` binary with the Jira test configuration's secrets and nothing else in its
+/// environment.
+fn command() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_jitbridge"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("JIRA_WEBHOOK_SECRET", WEBHOOK_SECRET)
+        .env("JIRA_API_TOKEN", users::API_TOKEN)
+        .env("ELEVATION_WEBHOOK_SECRET", ELEVATION_SECRET)
+        .env("TEST_ADMIN_TOKEN", ADMIN_TOKEN);
+    c
+}
 
 /// A `jitbridge serve` child process, restartable on the same store and port.
 pub struct DaemonProcess {
@@ -55,15 +66,9 @@ impl DaemonProcess {
     /// it says it is running. Panics if it does not come up in time.
     pub async fn start(&mut self, failpoints: &str) {
         assert!(self.child.is_none(), "already running");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_jitbridge"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
+        let mut child = command()
             .env("RUST_LOG", "info")
             .env("JITBRIDGE_FAILPOINTS", failpoints)
-            .env("JIRA_WEBHOOK_SECRET", WEBHOOK_SECRET)
-            .env("JIRA_API_TOKEN", users::API_TOKEN)
-            .env("ELEVATION_WEBHOOK_SECRET", ELEVATION_SECRET)
-            .env("TEST_ADMIN_TOKEN", ADMIN_TOKEN)
             .args(["serve", "--config"])
             .arg(&self.config)
             .stdout(Stdio::null())
@@ -150,10 +155,19 @@ impl Drop for DaemonProcess {
     }
 }
 
-/// Every grant in `store`.
-pub async fn all_grants(store: &SqliteStore) -> Vec<Grant> {
-    store
-        .list_grants(&GrantFilter::default())
-        .await
-        .expect("list grants")
+/// Sends `d` until the daemon answers 2xx: every other answer, timeout or connection error is
+/// retried with the same bytes and delivery id. Returns the number of attempts.
+pub async fn send_until_acked(http: &reqwest::Client, url: &str, d: &jitbridge_sim::jira::Delivery) -> u64 {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut req = http.post(url).timeout(Duration::from_secs(5));
+        for (k, v) in &d.headers {
+            req = req.header(k, v);
+        }
+        match req.body(d.body.clone()).send().await {
+            Ok(r) if r.status().is_success() => return attempts,
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
