@@ -4,15 +4,6 @@
 //! every persistence step survives a crash right after it. Without the feature, [`failpoint!`]
 //! expands to nothing: production builds contain no failpoints.
 
-/// Every failpoint, in flow order (tests iterate over this list).
-pub const ALL: &[&str] = &[
-    INBOX_INSERT,
-    GRANT_COMMIT,
-    OUTBOX_CLAIM,
-    PROVIDER_CALL,
-    OUTBOX_ACK,
-    WRITEBACK_CALL,
-];
 /// After a delivery's inbox insert committed, before it is answered.
 pub const INBOX_INSERT: &str = "inbox.after_insert";
 /// After a grant transition (with its audit and outbox jobs) committed.

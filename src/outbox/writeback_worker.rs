@@ -239,7 +239,10 @@ async fn deliver(
     wb: &Writeback,
     reattempt: bool,
 ) -> Result<Delivered, crate::connectors::ConnectorError> {
-    let is_comment = matches!(wb.action, crate::connectors::WritebackAction::Comment { .. });
+    let is_comment = matches!(
+        wb.action,
+        crate::connectors::WritebackAction::Comment { .. }
+    );
     if reattempt && is_comment && connector.has_comment(wb).await? {
         return Ok(Delivered::AlreadyPresent);
     }

@@ -116,7 +116,10 @@ async fn prepare_approvals(jira: &JiraSim, n: usize) -> Vec<(String, Delivery)> 
     let prepared: Vec<(String, Delivery)> = futures::stream::iter(0..n)
         .map(|i| async move {
             let issue = NewIssue::new(ALICE, "Need local admin")
-                .field("customfield_10050", json!({"value": "Local admin", "id": "10100"}))
+                .field(
+                    "customfield_10050",
+                    json!({"value": "Local admin", "id": "10100"}),
+                )
                 .field("customfield_10060", json!(format!("WS-{i:05}")))
                 .field("customfield_10070", json!("60m"))
                 .approval(ApprovalSpec::any_of(&[BOB]));
@@ -156,7 +159,9 @@ async fn outstanding(db: &std::path::Path) -> Option<i64> {
 async fn crash_ingest(run: Run) -> Summary {
     let started = Instant::now();
     let dir = tempfile::tempdir().expect("tempdir");
-    let jira = JiraSim::start(JiraSimConfig::default()).await.expect("jira");
+    let jira = JiraSim::start(JiraSimConfig::default())
+        .await
+        .expect("jira");
     let receiver = ElevationReceiver::start(ELEVATION_SECRET)
         .await
         .expect("receiver");
@@ -188,7 +193,9 @@ async fn crash_ingest(run: Run) -> Summary {
             tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((_, d)) = prepared.get(i) else { return };
+                    let Some((_, d)) = prepared.get(i) else {
+                        return;
+                    };
                     attempts.fetch_add(send_until_acked(&http, &url, d).await, Ordering::Relaxed);
                     acked.fetch_add(1, Ordering::Relaxed);
                 }
@@ -214,11 +221,13 @@ async fn crash_ingest(run: Run) -> Summary {
     }
 
     let db = dir.path().join("data/jitbridge.db");
-    let quiet = crate::harness::eventually(Duration::from_secs(300), || async {
+    // Generous: the whole backlog (confirmations, applies, writebacks) drains after the last kill.
+    let drain = Duration::from_secs(120) + Duration::from_millis(200) * run.deliveries as u32;
+    let quiet = crate::harness::eventually(drain, || async {
         (outstanding(&db).await == Some(0)).then_some(())
     })
     .await;
-    assert!(quiet.is_some(), "work still outstanding after 300 s");
+    assert!(quiet.is_some(), "work still outstanding after {drain:?}");
     daemon.kill();
 
     // The ledger.
@@ -301,7 +310,10 @@ async fn crash_ingest(run: Run) -> Summary {
 fn assert_nothing_lost_or_duplicated(s: &Summary, run_kills: usize) {
     assert_eq!(s.kills, run_kills, "{s}");
     assert_eq!(s.acked, s.deliveries, "{s}");
-    assert_eq!(s.missing, 0, "every acknowledged approval has its grant: {s}");
+    assert_eq!(
+        s.missing, 0,
+        "every acknowledged approval has its grant: {s}"
+    );
     assert_eq!(s.duplicated_grants, 0, "{s}");
     assert_eq!(s.grants, s.deliveries, "{s}");
     assert_eq!(s.active_grants, s.grants, "{s}");

@@ -22,7 +22,9 @@ use crate::process::{DaemonProcess, send_until_acked};
 /// provider and ticket agree after the restart.
 async fn crash_once_at(point: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let jira = JiraSim::start(JiraSimConfig::default()).await.expect("jira");
+    let jira = JiraSim::start(JiraSimConfig::default())
+        .await
+        .expect("jira");
     let receiver = ElevationReceiver::start(ELEVATION_SECRET)
         .await
         .expect("receiver");
@@ -38,7 +40,10 @@ async fn crash_once_at(point: &str) {
     let raised = jira
         .create_issue(
             NewIssue::new(ALICE, "Need local admin to install a driver")
-                .field("customfield_10050", json!({"value": "Local admin", "id": "10100"}))
+                .field(
+                    "customfield_10050",
+                    json!({"value": "Local admin", "id": "10100"}),
+                )
                 .field("customfield_10060", json!("WS-0042"))
                 .field("customfield_10070", json!("3s"))
                 .approval(ApprovalSpec::any_of(&[BOB])),
@@ -57,7 +62,11 @@ async fn crash_once_at(point: &str) {
         "{point}: the failpoint never crashed the daemon; logs:\n{}",
         daemon.logs()
     );
-    assert!(daemon.logs().contains(&format!("failpoint {point} reached")));
+    assert!(
+        daemon
+            .logs()
+            .contains(&format!("failpoint {point} reached"))
+    );
 
     daemon.start("").await;
     let http = reqwest::Client::new();
@@ -74,7 +83,10 @@ async fn crash_once_at(point: &str) {
     // The ticket: the whole story, each comment once.
     let done = eventually(Duration::from_secs(60), || async {
         let issue = jira.issue(&key).await.expect("issue");
-        let expired = issue.comments.iter().any(|c| c.text.contains("expired and was revoked"));
+        let expired = issue
+            .comments
+            .iter()
+            .any(|c| c.text.contains("expired and was revoked"));
         (issue.status == "Done" && expired).then_some(issue)
     })
     .await;
@@ -126,7 +138,10 @@ async fn crash_once_at(point: &str) {
         .collect();
     assert_eq!(applied.len(), 1, "{point}: applied once: {applied:?}");
     assert!(receiver.revoked_at(&id).await.is_some(), "{point}: revoked");
-    assert!(receiver.holdings().await.is_empty(), "{point}: nothing held");
+    assert!(
+        receiver.holdings().await.is_empty(),
+        "{point}: nothing held"
+    );
 }
 
 #[tokio::test]

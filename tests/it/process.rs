@@ -157,7 +157,11 @@ impl Drop for DaemonProcess {
 
 /// Sends `d` until the daemon answers 2xx: every other answer, timeout or connection error is
 /// retried with the same bytes and delivery id. Returns the number of attempts.
-pub async fn send_until_acked(http: &reqwest::Client, url: &str, d: &jitbridge_sim::jira::Delivery) -> u64 {
+pub async fn send_until_acked(
+    http: &reqwest::Client,
+    url: &str,
+    d: &jitbridge_sim::jira::Delivery,
+) -> u64 {
     let mut attempts = 0;
     loop {
         attempts += 1;

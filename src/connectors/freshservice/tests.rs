@@ -292,21 +292,25 @@ async fn conversations(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let resp = gate(&s, &headers, format!("GET /api/v2/tickets/{id}/conversations"))
-        .unwrap_or_else(|| {
-            let per_page: usize = q.get("per_page").and_then(|v| v.parse().ok()).unwrap_or(30);
-            let page: usize = q.get("page").and_then(|v| v.parse().ok()).unwrap_or(1);
-            let account = lock(&s);
-            let notes: Vec<Value> = account
-                .notes
-                .iter()
-                .filter(|(t, _)| *t == id)
-                .skip(page.saturating_sub(1) * per_page)
-                .take(per_page)
-                .map(|(_, n)| json!({"id": 1, "body": n["body"], "private": n["private"]}))
-                .collect();
-            axum::Json(json!({ "conversations": notes })).into_response()
-        });
+    let resp = gate(
+        &s,
+        &headers,
+        format!("GET /api/v2/tickets/{id}/conversations"),
+    )
+    .unwrap_or_else(|| {
+        let per_page: usize = q.get("per_page").and_then(|v| v.parse().ok()).unwrap_or(30);
+        let page: usize = q.get("page").and_then(|v| v.parse().ok()).unwrap_or(1);
+        let account = lock(&s);
+        let notes: Vec<Value> = account
+            .notes
+            .iter()
+            .filter(|(t, _)| *t == id)
+            .skip(page.saturating_sub(1) * per_page)
+            .take(per_page)
+            .map(|(_, n)| json!({"id": 1, "body": n["body"], "private": n["private"]}))
+            .collect();
+        axum::Json(json!({ "conversations": notes })).into_response()
+    });
     with_budget(&s, resp)
 }
 
@@ -650,7 +654,10 @@ async fn a_posted_note_is_found_again_by_its_marker() {
     let s = account();
     let c = connector(serve(s.clone()).await);
     let wb = comment("Local admin granted.");
-    assert!(!c.has_comment(&wb).await.expect("listing"), "not posted yet");
+    assert!(
+        !c.has_comment(&wb).await.expect("listing"),
+        "not posted yet"
+    );
     c.write_back(&wb).await.expect("201");
     assert!(c.has_comment(&wb).await.expect("listing"));
     let mut other = wb.clone();

@@ -105,7 +105,11 @@ impl JiraClient {
 
     /// Whether a comment of the issue contains `marker`: pages through
     /// `GET /rest/api/3/issue/{key}/comment`, newest first where Jira honours `orderBy`.
-    pub(crate) async fn has_comment(&self, key: &str, marker: &str) -> Result<bool, ConnectorError> {
+    pub(crate) async fn has_comment(
+        &self,
+        key: &str,
+        marker: &str,
+    ) -> Result<bool, ConnectorError> {
         let path = ["rest", "api", "3", "issue", key, "comment"];
         let mut start = 0usize;
         for _ in 0..MAX_COMMENT_PAGES {
@@ -121,10 +125,10 @@ impl JiraClient {
                 .and_then(Value::as_array)
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            if comments
-                .iter()
-                .any(|c| c.get("body").is_some_and(|b| b.to_string().contains(marker)))
-            {
+            if comments.iter().any(|c| {
+                c.get("body")
+                    .is_some_and(|b| b.to_string().contains(marker))
+            }) {
                 return Ok(true);
             }
             start += comments.len();

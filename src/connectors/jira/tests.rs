@@ -209,8 +209,10 @@ async fn list_comments(
         .take(2)
         .map(|b| json!({"id": "1", "body": b}))
         .collect();
-    axum::Json(json!({"startAt": start, "maxResults": 2, "total": site.comments.len(), "comments": page}))
-        .into_response()
+    axum::Json(
+        json!({"startAt": start, "maxResults": 2, "total": site.comments.len(), "comments": page}),
+    )
+    .into_response()
 }
 
 async fn list_transitions(
@@ -389,9 +391,15 @@ async fn a_posted_comment_is_found_again_by_its_marker_across_pages() {
         c.write_back(&other).await.expect("201");
     }
     let wb = comment("Local admin granted.");
-    assert!(!c.has_comment(&wb).await.expect("listing"), "not posted yet");
+    assert!(
+        !c.has_comment(&wb).await.expect("listing"),
+        "not posted yet"
+    );
     c.write_back(&wb).await.expect("201");
-    assert!(c.has_comment(&wb).await.expect("listing"), "on the third page");
+    assert!(
+        c.has_comment(&wb).await.expect("listing"),
+        "on the third page"
+    );
 }
 
 #[tokio::test]

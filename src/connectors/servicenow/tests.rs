@@ -626,11 +626,16 @@ async fn a_posted_journal_entry_is_found_again_by_its_marker() {
     assert!(c.has_comment(&wb).await.expect("lookup"));
     let mut other = wb.clone();
     other.marker = "jitbridge:g2:active:comment".into();
-    assert!(!c.has_comment(&other).await.expect("lookup"), "another grant's marker");
+    assert!(
+        !c.has_comment(&other).await.expect("lookup"),
+        "another grant's marker"
+    );
     let calls = lock(&s).calls.clone();
     assert!(
         calls.iter().any(|c| c.starts_with("GET sys_journal_field?")
-            && c.contains(&format!("element_id={RITM}^element=work_notes^valueLIKEjitbridge:g1:active:comment"))),
+            && c.contains(&format!(
+                "element_id={RITM}^element=work_notes^valueLIKEjitbridge:g1:active:comment"
+            ))),
         "{calls:?}"
     );
 }
