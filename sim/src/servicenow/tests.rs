@@ -309,7 +309,7 @@ async fn journal_entries_are_queryable_through_sys_journal_field() {
     }
     let query = |q: String, ver: &str| {
         get(&snow, &format!("/api/now/{ver}table/sys_journal_field"))
-            .query(&[("sysparm_query", q)])
+            .query(&[("sysparm_query", q.as_str())])
             .send()
     };
     let found: Value = query(
