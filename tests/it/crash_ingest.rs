@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use jitbridge_sim::jira::model::ApprovalSpec;
 use jitbridge_sim::jira::users::{ALICE, BOB};
-use jitbridge_sim::jira::{Delivery, JiraSim, JiraSimConfig, NewIssue};
-use jitbridge_sim::receiver::{CallKind, CallOutcome, ElevationReceiver};
+use jitbridge_sim::jira::{Delivery, JiraSim, NewIssue};
+use jitbridge_sim::receiver::{CallKind, CallOutcome};
 use serde_json::json;
 
-use crate::harness::{ELEVATION_SECRET, MAPPING, Options, WEBHOOK_SECRET, write_config};
+use crate::harness::{MAPPING, Options, WEBHOOK_SECRET, write_config};
 use crate::process::{DaemonProcess, send_until_acked};
 
 /// Knobs of one run.
@@ -158,13 +158,7 @@ async fn outstanding(db: &std::path::Path) -> Option<i64> {
 
 async fn crash_ingest(run: Run) -> Summary {
     let started = Instant::now();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let jira = JiraSim::start(JiraSimConfig::default())
-        .await
-        .expect("jira");
-    let receiver = ElevationReceiver::start(ELEVATION_SECRET)
-        .await
-        .expect("receiver");
+    let (dir, jira, receiver) = crate::process::simulators().await;
     let prepared = prepare_approvals(&jira, run.deliveries).await;
     let opts = Options {
         workers: "retry_initial = \"100ms\"\nretry_max = \"1s\"\napply_window = \"1h\"\n".into(),

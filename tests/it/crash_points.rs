@@ -11,23 +11,17 @@ use jitbridge::grants::GrantState;
 use jitbridge::store::{GrantFilter, Store};
 use jitbridge_sim::jira::model::ApprovalSpec;
 use jitbridge_sim::jira::users::{ALICE, BOB};
-use jitbridge_sim::jira::{Delivery, JiraSim, JiraSimConfig, NewIssue};
-use jitbridge_sim::receiver::{CallKind, CallOutcome, ElevationReceiver};
+use jitbridge_sim::jira::{Delivery, NewIssue};
+use jitbridge_sim::receiver::{CallKind, CallOutcome};
 use serde_json::json;
 
-use crate::harness::{ELEVATION_SECRET, Options, WEBHOOK_SECRET, eventually, write_config};
+use crate::harness::{Options, WEBHOOK_SECRET, eventually, write_config};
 use crate::process::{DaemonProcess, send_until_acked};
 
 /// Runs one grant's whole life with `point` armed, crashing there once, and checks that ledger,
 /// provider and ticket agree after the restart.
 async fn crash_once_at(point: &str) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let jira = JiraSim::start(JiraSimConfig::default())
-        .await
-        .expect("jira");
-    let receiver = ElevationReceiver::start(ELEVATION_SECRET)
-        .await
-        .expect("receiver");
+    let (dir, jira, receiver) = crate::process::simulators().await;
     let config = write_config(dir.path(), &jira, &receiver, &Options::default());
     let mut daemon = DaemonProcess::new(&config);
     jira.add_webhook(&daemon.jira_webhook_url(), Some(WEBHOOK_SECRET))

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jitbridge::store::sqlite::SqliteStore;
-use jitbridge_sim::jira::users;
+use jitbridge_sim::jira::{JiraSim, JiraSimConfig, users};
+use jitbridge_sim::receiver::ElevationReceiver;
 
 use crate::harness::{ADMIN_TOKEN, ELEVATION_SECRET, WEBHOOK_SECRET};
 
@@ -27,11 +28,26 @@ fn command() -> Command {
     c
 }
 
+/// A fresh configuration directory, the Jira simulator and the elevation receiver: what a
+/// daemon process is started against (they outlive its crashes).
+pub async fn simulators() -> (tempfile::TempDir, JiraSim, ElevationReceiver) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jira = JiraSim::start(JiraSimConfig::default())
+        .await
+        .expect("jira");
+    let receiver = ElevationReceiver::start(ELEVATION_SECRET)
+        .await
+        .expect("receiver");
+    (dir, jira, receiver)
+}
+
 /// A `jitbridge serve` child process, restartable on the same store and port.
 pub struct DaemonProcess {
     config: PathBuf,
     port: u16,
     child: Option<Child>,
+    /// The thread copying the process's stderr into `logs` (done at the process's end).
+    reader: Option<std::thread::JoinHandle<()>>,
     /// Everything the process wrote to stderr, across restarts.
     pub logs: Arc<Mutex<String>>,
 }
@@ -53,6 +69,7 @@ impl DaemonProcess {
             config: config.to_owned(),
             port,
             child: None,
+            reader: None,
             logs: Arc::default(),
         }
     }
@@ -78,7 +95,7 @@ impl DaemonProcess {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let stderr = child.stderr.take().expect("stderr");
         let logs = self.logs.clone();
-        std::thread::spawn(move || {
+        self.reader = Some(std::thread::spawn(move || {
             let mut ready = Some(ready_tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("jitbridge is running")
@@ -90,7 +107,7 @@ impl DaemonProcess {
                 l.push_str(&line);
                 l.push('\n');
             }
-        });
+        }));
         self.child = Some(child);
         let up = tokio::time::timeout(Duration::from_secs(60), ready_rx).await;
         assert!(
@@ -106,6 +123,14 @@ impl DaemonProcess {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.join_reader();
+    }
+
+    /// Waits for the stderr copy to reach the end of the (ended) process's output.
+    fn join_reader(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
     }
 
     /// Waits until the process ends by itself (a failpoint aborted it); `false` on timeout.
@@ -118,6 +143,7 @@ impl DaemonProcess {
             };
             if exited {
                 self.child = None;
+                self.join_reader();
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -245,6 +245,15 @@ fn render_options(query: &HashMap<String, String>) -> RenderOptions {
 }
 
 /// Whether `table` is served (`task` is the union of task tables).
+/// Table API v1's answer to a list query without matches (v2 answers an empty list).
+fn no_match_v1() -> Response {
+    envelope(
+        StatusCode::NOT_FOUND,
+        "No Record found",
+        Some("Records matching query not found. Check query parameter or offset parameter"),
+    )
+}
+
 /// The table holding journal entries (`work_notes`, `comments`), read-only here.
 const JOURNAL_TABLE: &str = "sys_journal_field";
 
@@ -272,11 +281,7 @@ async fn list_journal(core: &Core, parsed: &query::Query, ver: u8) -> Response {
         .collect();
     drop(state);
     if page.is_empty() && ver == 1 {
-        return envelope(
-            StatusCode::NOT_FOUND,
-            "No Record found",
-            Some("Records matching query not found. Check query parameter or offset parameter"),
-        );
+        return no_match_v1();
     }
     (StatusCode::OK, axum::Json(json!({"result": page}))).into_response()
 }
@@ -344,11 +349,7 @@ async fn list(
         .collect();
     drop(state);
     if page.is_empty() && ver == 1 {
-        return envelope(
-            StatusCode::NOT_FOUND,
-            "No Record found",
-            Some("Records matching query not found. Check query parameter or offset parameter"),
-        );
+        return no_match_v1();
     }
     let mut response = (StatusCode::OK, axum::Json(json!({"result": page}))).into_response();
     set_header(&mut response, "x-total-count", &total.to_string());
