@@ -4,9 +4,11 @@
 //! distinct simulator issue, so each must end in exactly one grant, applied once at the provider
 //! and announced once in the ticket.
 //!
-//! "Duplicated provider apply": a grant the receiver applied under two *different* `webhook-id`s
-//! (the daemon sent the apply twice as separate calls). A retry with the same `webhook-id` is
-//! legitimate at-least-once delivery (the receiver dedupes it) and is counted separately.
+//! "Duplicated provider apply": one approval's privilege applied under two *different*
+//! `webhook-id`s: the provider holds its target (each approval has its own) for two grants, or
+//! one grant was applied under two ids (the daemon sent the apply twice as separate calls). A
+//! retry with the same `webhook-id` is legitimate at-least-once delivery (the receiver dedupes
+//! it) and is counted separately.
 //!
 //! The short run is part of `cargo test`; the full one (README, "Reliability"):
 //! `CRASH_DELIVERIES=10000 CRASH_KILLS=50 cargo test --release -p jitbridge --test it crash_ingest_full -- --ignored --nocapture`
@@ -31,6 +33,8 @@ struct Run {
     deliveries: usize,
     kills: usize,
     senders: usize,
+    /// Pause of each sender between two deliveries, so sending overlaps the kills.
+    send_gap: Duration,
     /// Random pause before each kill, in ms: `min..max`.
     kill_gap_ms: (u64, u64),
     seed: u64,
@@ -50,10 +54,11 @@ struct Summary {
     /// Issues with more than one grant.
     duplicated_grants: usize,
     grants_applied: usize,
-    /// Grants applied under more than one distinct `webhook-id`.
+    /// Approvals (targets) applied for more than one grant, plus grants applied under more than
+    /// one distinct `webhook-id`.
     duplicated_applies: usize,
-    /// Apply calls the receiver answered as same-id redeliveries.
-    same_id_redeliveries: usize,
+    /// Calls the receiver answered as same-id redeliveries.
+    same_id_redeliveries: u64,
     /// Tickets whose "granted" comment appears other than exactly once.
     comments_not_once: usize,
     elapsed: Duration,
@@ -176,6 +181,7 @@ async fn crash_ingest(run: Run) -> Summary {
     let http = reqwest::Client::new();
     let senders: Vec<_> = (0..run.senders)
         .map(|_| {
+            let gap = run.send_gap;
             let (next, acked, attempts, prepared, http, url) = (
                 next.clone(),
                 acked.clone(),
@@ -192,6 +198,7 @@ async fn crash_ingest(run: Run) -> Summary {
                     };
                     attempts.fetch_add(send_until_acked(&http, &url, d).await, Ordering::Relaxed);
                     acked.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(gap).await;
                 }
             })
         })
@@ -241,28 +248,30 @@ async fn crash_ingest(run: Run) -> Summary {
     for (_, key, _) in &rows {
         *by_issue.entry(key.as_str()).or_default() += 1;
     }
-    // The provider's view.
+    // The provider's view. Holdings (one per applied grant; nothing is revoked in this run) and
+    // the redelivery count cover the receiver's whole life; its call log keeps only the latest
+    // calls, so it serves only to look for one grant applied under two webhook-ids.
+    let holdings = receiver.holdings().await;
+    let mut grants_by_target: HashMap<&str, HashSet<&str>> = HashMap::new();
+    for h in &holdings {
+        grants_by_target
+            .entry(h.target.as_str())
+            .or_default()
+            .insert(h.grant_id.as_str());
+    }
     let mut apply_ids: HashMap<String, HashSet<String>> = HashMap::new();
-    let mut same_id = 0;
     for call in receiver.calls().await {
-        if call.kind != Some(CallKind::Apply) {
-            continue;
-        }
-        match call.outcome {
-            CallOutcome::Applied => {
-                let grant = call
-                    .grant
-                    .as_ref()
-                    .and_then(|g| g["id"].as_str())
-                    .unwrap_or_default()
-                    .to_owned();
-                apply_ids
-                    .entry(grant)
-                    .or_default()
-                    .insert(call.webhook_id.unwrap_or_default());
-            }
-            CallOutcome::Duplicate => same_id += 1,
-            _ => {}
+        if call.kind == Some(CallKind::Apply) && call.outcome == CallOutcome::Applied {
+            let grant = call
+                .grant
+                .as_ref()
+                .and_then(|g| g["id"].as_str())
+                .unwrap_or_default()
+                .to_owned();
+            apply_ids
+                .entry(grant)
+                .or_default()
+                .insert(call.webhook_id.unwrap_or_default());
         }
     }
     // The tickets.
@@ -291,9 +300,14 @@ async fn crash_ingest(run: Run) -> Summary {
             .filter(|(k, _)| !by_issue.contains_key(k.as_str()))
             .count(),
         duplicated_grants: by_issue.values().filter(|n| **n > 1).count(),
-        grants_applied: apply_ids.len(),
-        duplicated_applies: apply_ids.values().filter(|ids| ids.len() > 1).count(),
-        same_id_redeliveries: same_id,
+        grants_applied: holdings
+            .iter()
+            .map(|h| h.grant_id.as_str())
+            .collect::<HashSet<_>>()
+            .len(),
+        duplicated_applies: grants_by_target.values().filter(|g| g.len() > 1).count()
+            + apply_ids.values().filter(|ids| ids.len() > 1).count(),
+        same_id_redeliveries: receiver.total_redeliveries().await,
         comments_not_once,
         elapsed: started.elapsed(),
     };
@@ -322,6 +336,7 @@ async fn approvals_survive_random_sigkills_without_loss_or_duplicates() {
         deliveries: 300,
         kills: 5,
         senders: 8,
+        send_gap: Duration::from_millis(100),
         kill_gap_ms: (300, 1500),
         seed: 0x5eed,
     };
@@ -344,6 +359,7 @@ async fn crash_ingest_full() {
         deliveries: env("CRASH_DELIVERIES", 10_000),
         kills: env("CRASH_KILLS", 50),
         senders: env("CRASH_SENDERS", 32),
+        send_gap: Duration::from_millis(300),
         kill_gap_ms: (200, 2500),
         seed: env("CRASH_SEED", 0x5eed) as u64,
     };
