@@ -12,6 +12,7 @@ pub mod clock; // the one source of "now", injectable for tests
 pub mod config; // files -> validated configuration
 pub mod connectors; // one folder per ITSM: verify, parse, confirm, write back
 pub mod explain; // dry run of a payload through parser, mappings and policy
+pub mod failpoint; // crash points for tests, compiled only with the `failpoints` feature
 pub mod grants; // the grant state machine and the service that drives it
 pub mod http; // JSON error bodies shared by every endpoint
 pub mod identity; // the identity map: ITSM accounts -> directory subjects and groups

@@ -227,6 +227,19 @@ impl ElevationReceiver {
     }
 
     /// Total duplicate deliveries across all webhook ids.
+    /// Calls ignored as repeats of an already-processed `webhook-id`, over the receiver's whole
+    /// life (unlike [`ElevationReceiver::calls`], which keeps the latest calls only).
+    pub async fn total_redeliveries(&self) -> u64 {
+        self.shared
+            .state
+            .lock()
+            .await
+            .processed_ids
+            .values()
+            .map(|seen| u64::from(seen.saturating_sub(1)))
+            .sum()
+    }
+
     pub async fn total_duplicates(&self) -> u32 {
         self.shared
             .state

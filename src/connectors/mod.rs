@@ -153,8 +153,15 @@ pub trait Connector: Send + Sync {
     fn parse(&self, delivery: &RawDelivery) -> Result<Vec<TicketEvent>, ParseError>;
     /// Reads the ticket's current state and approvals through the API.
     async fn confirm(&self, ticket: &TicketRef) -> Result<Confirmation, ConnectorError>;
-    /// Performs one writeback.
+    /// Performs one writeback. Comments carry `wb.marker` in a form [`Connector::has_comment`]
+    /// can find again.
     async fn write_back(&self, wb: &Writeback) -> Result<(), ConnectorError>;
+    /// Whether the ticket already has the comment carrying `wb.marker`: asked before a comment
+    /// is re-attempted, since an earlier attempt may have succeeded without being acknowledged.
+    /// Connectors that cannot tell answer `false` (the comment may then appear twice).
+    async fn has_comment(&self, _wb: &Writeback) -> Result<bool, ConnectorError> {
+        Ok(false)
+    }
     /// Are the base URL and credentials accepted? Reported, never fatal.
     async fn healthcheck(&self) -> Result<(), ConnectorError>;
 }

@@ -1112,6 +1112,9 @@ impl GrantService {
         }
         let (has_provider, has_writeback) = lanes_of(commits.iter().flat_map(|c| &c.jobs));
         let outcomes = self.store.commit_many(commits).await;
+        if outcomes.iter().any(Result::is_ok) {
+            crate::failpoint!(crate::failpoint::GRANT_COMMIT);
+        }
         let mut any_ok = false;
         for ((index, from), outcome) in committed.into_iter().zip(outcomes) {
             match (outcome, &results[index]) {
@@ -1221,6 +1224,7 @@ impl GrantService {
                 complete_job,
             })
             .await?;
+        crate::failpoint!(crate::failpoint::GRANT_COMMIT);
         if has_provider {
             self.wakers.provider.notify_one();
         }

@@ -150,7 +150,9 @@ async fn receive(
         headers: raw.headers,
         body: raw.body,
     };
-    match state.store.insert_delivery(delivery).await {
+    let inserted = state.store.insert_delivery(delivery).await;
+    crate::failpoint!(crate::failpoint::INBOX_INSERT);
+    match inserted {
         Ok(InsertOutcome::Accepted(id)) => {
             count(&connector_id, "accepted");
             state.inbox_wake.notify_one();

@@ -80,6 +80,7 @@ impl ProviderWorker {
                 }
                 continue;
             }
+            crate::failpoint!(crate::failpoint::OUTBOX_CLAIM);
             self.handle_batch(jobs).await;
             if shutdown.is_cancelled() {
                 return;
@@ -114,8 +115,11 @@ impl ProviderWorker {
         }
         let results = self.service.revokes_succeeded(done).await;
         for (job, result) in revoked_jobs.into_iter().zip(results) {
-            if let Err(e) = result {
-                self.release(&job, e).await;
+            match result {
+                Ok(_) => {
+                    crate::failpoint!(crate::failpoint::OUTBOX_ACK);
+                }
+                Err(e) => self.release(&job, e).await,
             }
         }
     }
@@ -189,8 +193,10 @@ impl ProviderWorker {
         let call = call_for(&grant, ProviderAction::Apply);
         match provider.apply(&call).await {
             Ok(()) => {
+                crate::failpoint!(crate::failpoint::PROVIDER_CALL);
                 metrics::counter!("jitbridge_provider_calls_total", "provider" => grant.provider.clone(), "action" => "apply", "outcome" => "ok").increment(1);
                 self.service.provider_applied(grant, job.id).await?;
+                crate::failpoint!(crate::failpoint::OUTBOX_ACK);
             }
             Err(e) => {
                 metrics::counter!("jitbridge_provider_calls_total", "provider" => grant.provider.clone(), "action" => "apply", "outcome" => "error").increment(1);
@@ -235,12 +241,14 @@ impl ProviderWorker {
         };
         match result {
             Ok(()) => {
+                crate::failpoint!(crate::failpoint::PROVIDER_CALL);
                 metrics::counter!("jitbridge_provider_calls_total", "provider" => grant.provider.clone(), "action" => "revoke", "outcome" => "ok").increment(1);
                 if ending {
                     // Recorded with the rest of the batch.
                     return Ok(Handled::Revoked(Box::new(grant)));
                 }
                 store.complete_job(job.id).await?;
+                crate::failpoint!(crate::failpoint::OUTBOX_ACK);
             }
             Err(error) => {
                 metrics::counter!("jitbridge_provider_calls_total", "provider" => grant.provider.clone(), "action" => "revoke", "outcome" => "error").increment(1);

@@ -77,6 +77,7 @@ impl WritebackWorker {
                 }
                 continue;
             }
+            crate::failpoint!(crate::failpoint::OUTBOX_CLAIM);
             futures::future::join_all(jobs.into_iter().map(|j| self.handle(j))).await;
             if shutdown.is_cancelled() {
                 return;
@@ -140,11 +141,17 @@ impl WritebackWorker {
                 )
                 .await;
         }
-        match reg.connector.write_back(&wb).await {
-            Ok(()) => {
+        match deliver(reg.connector.as_ref(), &wb, is_reattempt(job)).await {
+            Ok(outcome) => {
+                crate::failpoint!(crate::failpoint::WRITEBACK_CALL);
                 metrics::counter!("jitbridge_writebacks_total", "connector" => connector_id, "outcome" => "ok").increment(1);
                 self.store.complete_job(job.id).await?;
-                self.audit(&wb, "writeback.delivered", None).await
+                crate::failpoint!(crate::failpoint::OUTBOX_ACK);
+                let kind = match outcome {
+                    Delivered::Posted => "writeback.delivered",
+                    Delivered::AlreadyPresent => "writeback.already_present",
+                };
+                self.audit(&wb, kind, None).await
             }
             Err(e)
                 if e.is_retryable()
@@ -207,5 +214,172 @@ impl WritebackWorker {
                 detail: serde_json::json!({"action": wb.action, "marker": wb.marker, "error": error}),
             }])
             .await
+    }
+}
+
+/// How a writeback ended up in the ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivered {
+    /// This attempt made the call.
+    Posted,
+    /// An earlier attempt had already posted the comment (its acknowledgement was lost).
+    AlreadyPresent,
+}
+
+/// Whether an earlier attempt of `job` may have reached the ITSM: it failed before, or its lease
+/// lapsed (the store notes that in `last_error` when it hands the job out again), e.g. because
+/// the daemon crashed between the ITSM's success and the acknowledgement.
+fn is_reattempt(job: &Job) -> bool {
+    job.attempts > 0 || job.last_error.is_some()
+}
+
+/// Performs `wb`; on a re-attempt of a comment, first asks the ticket whether the comment carrying
+/// its marker is already there, so each comment appears once. Status changes are idempotent.
+async fn deliver(
+    connector: &dyn crate::connectors::Connector,
+    wb: &Writeback,
+    reattempt: bool,
+) -> Result<Delivered, crate::connectors::ConnectorError> {
+    let is_comment = matches!(
+        wb.action,
+        crate::connectors::WritebackAction::Comment { .. }
+    );
+    if reattempt && is_comment && connector.has_comment(wb).await? {
+        return Ok(Delivered::AlreadyPresent);
+    }
+    connector.write_back(wb).await?;
+    Ok(Delivered::Posted)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::connectors::{
+        Confirmation, Connector, ConnectorError, ParseError, RawDelivery, WritebackAction,
+    };
+    use crate::store::JobState;
+    use crate::ticket::{TicketEvent, TicketRef};
+
+    /// A ticket that remembers the markers of the comments posted to it.
+    #[derive(Default)]
+    struct Ticket {
+        markers: Mutex<Vec<String>>,
+        lookups: Mutex<usize>,
+    }
+
+    #[async_trait]
+    impl Connector for Ticket {
+        fn id(&self) -> &str {
+            "t"
+        }
+        fn kind(&self) -> &'static str {
+            "generic"
+        }
+        fn dedupe_key(&self, _: &RawDelivery) -> String {
+            String::new()
+        }
+        fn parse(&self, _: &RawDelivery) -> Result<Vec<TicketEvent>, ParseError> {
+            Ok(Vec::new())
+        }
+        async fn confirm(&self, _: &TicketRef) -> Result<Confirmation, ConnectorError> {
+            Ok(Confirmation::default())
+        }
+        async fn write_back(&self, wb: &Writeback) -> Result<(), ConnectorError> {
+            self.markers.lock().unwrap().push(wb.marker.clone());
+            Ok(())
+        }
+        async fn has_comment(&self, wb: &Writeback) -> Result<bool, ConnectorError> {
+            *self.lookups.lock().unwrap() += 1;
+            Ok(self.markers.lock().unwrap().contains(&wb.marker))
+        }
+        async fn healthcheck(&self) -> Result<(), ConnectorError> {
+            Ok(())
+        }
+    }
+
+    fn comment() -> Writeback {
+        Writeback {
+            ticket: TicketRef {
+                connector: "t".into(),
+                id: "1".into(),
+                key: "T-1".into(),
+                url: None,
+            },
+            action: WritebackAction::Comment {
+                text: "granted".into(),
+            },
+            marker: "jitbridge:g1:active:comment".into(),
+        }
+    }
+
+    fn job(attempts: i32, last_error: Option<&str>) -> Job {
+        let now = Timestamp::from_second(1_000).unwrap();
+        Job {
+            id: uuid::Uuid::nil(),
+            seq: 1,
+            lane: Lane::Writeback,
+            queue_key: "t:1".into(),
+            payload: serde_json::Value::Null,
+            state: JobState::Pending,
+            attempts,
+            next_at: now,
+            last_error: last_error.map(str::to_owned),
+            created_at: now,
+        }
+    }
+
+    #[test]
+    fn a_job_that_failed_or_whose_lease_lapsed_is_a_reattempt() {
+        assert!(!is_reattempt(&job(0, None)));
+        assert!(is_reattempt(&job(2, Some("HTTP 503"))));
+        assert!(is_reattempt(&job(0, Some("lease lapsed"))));
+    }
+
+    #[tokio::test]
+    async fn a_first_attempt_posts_without_looking() {
+        let t = Ticket::default();
+        assert_eq!(
+            deliver(&t, &comment(), false).await.unwrap(),
+            Delivered::Posted
+        );
+        assert_eq!(*t.lookups.lock().unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_reattempted_comment_already_in_the_ticket_is_not_posted_again() {
+        let t = Ticket::default();
+        deliver(&t, &comment(), false).await.unwrap();
+        assert_eq!(
+            deliver(&t, &comment(), true).await.unwrap(),
+            Delivered::AlreadyPresent
+        );
+        assert_eq!(t.markers.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_reattempted_comment_missing_from_the_ticket_is_posted() {
+        let t = Ticket::default();
+        assert_eq!(
+            deliver(&t, &comment(), true).await.unwrap(),
+            Delivered::Posted
+        );
+        assert_eq!(t.markers.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn status_changes_are_never_looked_up() {
+        let t = Ticket::default();
+        let status = Writeback {
+            action: WritebackAction::Status {
+                name: "Done".into(),
+            },
+            ..comment()
+        };
+        deliver(&t, &status, true).await.unwrap();
+        assert_eq!(*t.lookups.lock().unwrap(), 0);
     }
 }

@@ -22,6 +22,11 @@ use uuid::Uuid;
 use crate::audit::{AuditRecord, NewAudit};
 use crate::grants::{Grant, GrantState};
 
+/// `last_error` of a job whose worker never reported back (crash, kill, lapsed lease): the next
+/// run is a re-attempt, since the call may have reached the other side (e.g. a comment posted
+/// just before the crash), so the writeback worker checks before posting again.
+pub(crate) const LEASE_LAPSED: &str = "the previous attempt ended without a result (lease lapsed)";
+
 /// Errors from a store backend.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

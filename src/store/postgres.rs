@@ -31,6 +31,7 @@ use uuid::Uuid;
 use crate::audit::{AuditRecord, GENESIS_HASH, NewAudit, chain_hash};
 use crate::clock::{SharedClock, SystemClock};
 use crate::grants::{Grant, GrantState};
+use crate::store::LEASE_LAPSED;
 use crate::store::reads::{Reads, bounded_limit, jobs_from};
 use crate::store::rows::{
     self, GrantColumns, at_storage_precision, bounded, duration_ms, ms, to_json,
@@ -371,19 +372,27 @@ impl Store for PgStore {
         let now = ms(self.clock.now());
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let mut released = 0;
-        for sql in [
+        released += sqlx::query(
             "UPDATE deliveries SET claimed_by = NULL, claimed_until = NULL \
              WHERE state = 'pending' AND claimed_until IS NOT NULL AND claimed_until <= $1",
-            "UPDATE jobs SET claimed_by = NULL, claimed_until = NULL \
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        // A lapsed job's next run is a re-attempt: its worker never reported back.
+        released += sqlx::query(
+            "UPDATE jobs SET claimed_by = NULL, claimed_until = NULL, \
+             last_error = COALESCE(last_error, $2) \
              WHERE state = 'pending' AND claimed_until IS NOT NULL AND claimed_until <= $1",
-        ] {
-            released += sqlx::query(sql)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?
-                .rows_affected();
-        }
+        )
+        .bind(now)
+        .bind(LEASE_LAPSED)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
         tx.commit().await.map_err(db_error)?;
         Ok(released)
     }
@@ -669,7 +678,9 @@ impl Store for PgStore {
                AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.lane = j.lane \
                  AND e.queue_key = j.queue_key AND e.state = 'pending' AND e.seq < j.seq) \
                ORDER BY j.seq LIMIT $5 FOR UPDATE OF j SKIP LOCKED) \
-             UPDATE jobs u SET claimed_by = $1, claimed_until = $2 \
+             UPDATE jobs u SET claimed_by = $1, claimed_until = $2, \
+               last_error = CASE WHEN u.claimed_until IS NULL THEN u.last_error \
+                 ELSE COALESCE(u.last_error, $6) END \
              FROM picked WHERE u.seq = picked.seq \
              RETURNING u.seq, u.id, u.lane, u.queue_key, u.payload, u.state, u.attempts, \
                u.next_at, u.last_error, u.created_at",
@@ -679,6 +690,7 @@ impl Store for PgStore {
         .bind(lane.as_str())
         .bind(ms(now))
         .bind(bounded_limit(limit))
+        .bind(LEASE_LAPSED)
         .fetch_all(&self.pool)
         .await
         .map_err(db_error)?;

@@ -44,6 +44,7 @@ use crate::store::{
     LiveGrantCounts, NewDelivery, NewJob, OutboxStats, Store, StoreError,
 };
 
+use crate::store::LEASE_LAPSED;
 use crate::store::rows::{
     self, GrantColumns, at_storage_precision, bounded, duration_ms, ms, to_json,
 };
@@ -617,8 +618,10 @@ impl Store for SqliteStore {
             .map_err(db_error)?
             .rows_affected();
         let jobs = sqlx::query(
-            "UPDATE jobs SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by IS NOT NULL",
+            "UPDATE jobs SET claimed_by = NULL, claimed_until = NULL, \
+             last_error = COALESCE(last_error, $1) WHERE claimed_by IS NOT NULL",
         )
+        .bind(LEASE_LAPSED)
         .execute(&mut *tx)
         .await
         .map_err(db_error)?
@@ -830,8 +833,13 @@ impl Store for SqliteStore {
         let mut tx = self.begin_immediate().await?;
         // Only the head (lowest seq) pending job of each (lane, queue key) is eligible, so a
         // claim can never take two jobs of one key, nor overtake a backing-off or leased one.
+        // A job still carrying an (expired) claim was taken by a worker that never reported
+        // back (crash, kill): `last_error` says so, and the next worker treats the run as a
+        // re-attempt (e.g. checks for an already-posted comment).
         let rows = sqlx::query(concat!(
-            "UPDATE jobs SET claimed_by = $1, claimed_until = $2 \
+            "UPDATE jobs SET claimed_by = $1, claimed_until = $2, \
+             last_error = CASE WHEN claimed_until IS NULL THEN last_error \
+               ELSE COALESCE(last_error, $6) END \
              WHERE seq IN (SELECT j.seq FROM jobs j \
                WHERE j.lane = $3 AND j.state = 'pending' AND j.next_at <= $4 \
                AND (j.claimed_until IS NULL OR j.claimed_until <= $4) \
@@ -846,6 +854,7 @@ impl Store for SqliteStore {
         .bind(lane.as_str())
         .bind(ms(now))
         .bind(bounded_limit(limit))
+        .bind(LEASE_LAPSED)
         .fetch_all(&mut *tx)
         .await
         .map_err(db_error)?;

@@ -5,6 +5,8 @@
 mod harness;
 
 mod cli;
+mod crash_ingest;
+mod crash_points;
 mod explain;
 mod freshservice_flow;
 mod hostile_http;
@@ -13,6 +15,7 @@ mod jira_flow;
 mod lifetime_flow;
 mod policy_flow;
 mod postgres_instances;
+mod process;
 mod reload;
 mod resilience;
 mod scopes_flow;

@@ -4,11 +4,12 @@
 //! `{"description":"Validation failed","errors":[{field,message,code}]}`; auth errors
 //! `{"code":"invalid_credentials","message":...}`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Extension, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -34,6 +35,7 @@ pub(super) fn router(core: Arc<Core>) -> Router {
         .route("/api/v2/tickets/{id}", get(get_ticket).put(put_ticket))
         .route("/api/v2/tickets/{id}/approvals", get(get_approvals))
         .route("/api/v2/tickets/{id}/notes", post(post_note))
+        .route("/api/v2/tickets/{id}/conversations", get(get_conversations))
         .route("/api/v2/requesters/{id}", get(get_requester))
         .route("/api/v2/agents/{id}", get(get_agent))
         .fallback(not_found)
@@ -222,6 +224,38 @@ async fn get_ticket(State(core): State<Arc<Core>>, Path(id): Path<String>) -> Re
         Some(ticket) => axum::Json(json!({"ticket": ticket.json()})).into_response(),
         None => not_found().await,
     }
+}
+
+/// `GET /api/v2/tickets/{id}/conversations?page=&per_page=`: the ticket's notes, oldest first,
+/// `per_page` at most 100 (default 30), pages from 1.
+async fn get_conversations(
+    State(core): State<Arc<Core>>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let page: usize = q
+        .get("page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let per_page: usize = q
+        .get("per_page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(30)
+        .clamp(1, 100);
+    let state = core.state.lock().await;
+    let Some(ticket) = parse_id(&id).and_then(|id| state.tickets.iter().find(|t| t.id == id))
+    else {
+        return not_found().await;
+    };
+    let conversations: Vec<Value> = ticket
+        .notes
+        .iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .map(super::model::Note::json)
+        .collect();
+    axum::Json(json!({ "conversations": conversations })).into_response()
 }
 
 async fn get_approvals(State(core): State<Arc<Core>>, Path(id): Path<String>) -> Response {

@@ -237,6 +237,46 @@ async fn notes_are_created_with_201_conversation_and_recorded() {
 }
 
 #[tokio::test]
+async fn conversations_list_the_notes_in_pages() {
+    let fs = sim().await;
+    let id = elevation_request(&fs).await;
+    for i in 0..3 {
+        authed(
+            &fs,
+            reqwest::Method::POST,
+            &format!("/api/v2/tickets/{id}/notes"),
+        )
+        .json(&json!({"body": format!("<p>note {i}</p>"), "private": true}))
+        .send()
+        .await
+        .unwrap();
+    }
+    let (status, page1) = get_json(
+        &fs,
+        &format!("/api/v2/tickets/{id}/conversations?per_page=2&page=1"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let texts = |v: &Value| -> Vec<String> {
+        v["conversations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["body_text"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(texts(&page1), ["note 0", "note 1"]);
+    let (_, page2) = get_json(
+        &fs,
+        &format!("/api/v2/tickets/{id}/conversations?per_page=2&page=2"),
+    )
+    .await;
+    assert_eq!(texts(&page2), ["note 2"]);
+    let (missing, _) = get_json(&fs, "/api/v2/tickets/999999/conversations").await;
+    assert_eq!(missing, 404);
+}
+
+#[tokio::test]
 async fn put_status_updates_and_bad_values_get_validation_errors() {
     let fs = sim().await;
     let id = elevation_request(&fs).await;

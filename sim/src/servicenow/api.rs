@@ -245,6 +245,47 @@ fn render_options(query: &HashMap<String, String>) -> RenderOptions {
 }
 
 /// Whether `table` is served (`task` is the union of task tables).
+/// Table API v1's answer to a list query without matches (v2 answers an empty list).
+fn no_match_v1() -> Response {
+    envelope(
+        StatusCode::NOT_FOUND,
+        "No Record found",
+        Some("Records matching query not found. Check query parameter or offset parameter"),
+    )
+}
+
+/// The table holding journal entries (`work_notes`, `comments`), read-only here.
+const JOURNAL_TABLE: &str = "sys_journal_field";
+
+/// `GET /api/now/table/sys_journal_field`: the journal entries matching the query (fields
+/// `element`, `name`, `element_id`, `value`, `sys_created_by`, `sys_created_on`), oldest first.
+async fn list_journal(core: &Core, parsed: &query::Query, ver: u8) -> Response {
+    let state = core.state.lock().await;
+    let page: Vec<Value> = state
+        .journal
+        .iter()
+        .filter(|j| {
+            parsed.matches(&|field: &str| {
+                Some(match field {
+                    "element" => j.element.clone(),
+                    "name" => j.name.clone(),
+                    "element_id" => j.element_id.clone(),
+                    "value" => j.value.clone(),
+                    "sys_created_by" => j.sys_created_by.clone(),
+                    "sys_created_on" => j.sys_created_on.clone(),
+                    _ => return None,
+                })
+            })
+        })
+        .map(|j| serde_json::to_value(j).unwrap_or_default())
+        .collect();
+    drop(state);
+    if page.is_empty() && ver == 1 {
+        return no_match_v1();
+    }
+    (StatusCode::OK, axum::Json(json!({"result": page}))).into_response()
+}
+
 fn known_table(table: &str) -> bool {
     table == "task" || model::schema(table).is_some()
 }
@@ -258,7 +299,7 @@ async fn list(
         return bad_uri().await;
     };
     let table = params.get("table").cloned().unwrap_or_default();
-    if !known_table(&table) {
+    if !known_table(&table) && table != JOURNAL_TABLE {
         return invalid_table(&table);
     }
     let parsed = match query::parse(q.get("sysparm_query").map(String::as_str).unwrap_or("")) {
@@ -271,6 +312,9 @@ async fn list(
             );
         }
     };
+    if table == JOURNAL_TABLE {
+        return list_journal(&core, &parsed, ver).await;
+    }
     let limit = q
         .get("sysparm_limit")
         .and_then(|l| l.parse::<usize>().ok())
@@ -305,11 +349,7 @@ async fn list(
         .collect();
     drop(state);
     if page.is_empty() && ver == 1 {
-        return envelope(
-            StatusCode::NOT_FOUND,
-            "No Record found",
-            Some("Records matching query not found. Check query parameter or offset parameter"),
-        );
+        return no_match_v1();
     }
     let mut response = (StatusCode::OK, axum::Json(json!({"result": page}))).into_response();
     set_header(&mut response, "x-total-count", &total.to_string());

@@ -297,6 +297,54 @@ async fn work_notes_append_journal_entries_and_read_back_empty() {
 }
 
 #[tokio::test]
+async fn journal_entries_are_queryable_through_sys_journal_field() {
+    let snow = sim().await;
+    let ritm = elevation_ritm(&snow).await;
+    let path = format!("/api/now/table/sc_req_item/{}", ritm.sys_id);
+    for note in ["granted\n\njitbridge:g1:active:comment", "other note"] {
+        patch(&snow, &path, json!({"work_notes": note}))
+            .send()
+            .await
+            .unwrap();
+    }
+    let query = |q: String, ver: &str| {
+        get(&snow, &format!("/api/now/{ver}table/sys_journal_field"))
+            .query(&[("sysparm_query", q.as_str())])
+            .send()
+    };
+    let found: Value = query(
+        format!(
+            "element_id={}^element=work_notes^valueLIKEjitbridge:g1:active:comment",
+            ritm.sys_id
+        ),
+        "",
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let rows = found["result"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{found}");
+    assert_eq!(rows[0]["element_id"], ritm.sys_id.as_str());
+    let none = query(
+        format!("element_id={}^valueLIKEjitbridge:g2", ritm.sys_id),
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(none.status(), 404, "v1 answers no match with 404");
+    let none = query(
+        format!("element_id={}^valueLIKEjitbridge:g2", ritm.sys_id),
+        "v2/",
+    )
+    .await
+    .unwrap();
+    assert_eq!(none.status(), 200);
+    assert_eq!(none.json::<Value>().await.unwrap()["result"], json!([]));
+}
+
+#[tokio::test]
 async fn state_accepts_codes_and_labels_only_with_input_display_value() {
     let snow = sim().await;
     let ritm = elevation_ritm(&snow).await;

@@ -32,6 +32,10 @@ const MAX_JSON_BODY: usize = 4 * 1024 * 1024;
 pub(crate) const APPROVAL_PAGE_SIZE: usize = 100;
 /// Most approval pages followed before refusing to decide on a partial list.
 const MAX_APPROVAL_PAGES: usize = 5;
+/// Page size asked for when looking for an already-posted note (Freshservice's maximum).
+const CONVERSATION_PAGE_SIZE: usize = 100;
+/// Most note pages read before giving up.
+const MAX_CONVERSATION_PAGES: usize = 20;
 /// Longest `Retry-After` honoured; a longer hint is clamped so a bad header cannot park work
 /// forever.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -170,6 +174,40 @@ impl FreshserviceClient {
         Err(ConnectorError::Invalid(format!(
             "ticket {id}: more than {} approval records; refusing to decide on a partial list",
             MAX_APPROVAL_PAGES * APPROVAL_PAGE_SIZE
+        )))
+    }
+
+    /// Whether a note (conversation) of the ticket contains `marker`, in its HTML or text body:
+    /// pages through `GET /api/v2/tickets/{id}/conversations`.
+    pub(crate) async fn has_note(&self, id: &str, marker: &str) -> Result<bool, ConnectorError> {
+        let path = ["api", "v2", "tickets", id, "conversations"];
+        for page in 1..=MAX_CONVERSATION_PAGES {
+            let query = [
+                ("per_page", CONVERSATION_PAGE_SIZE.to_string()),
+                ("page", page.to_string()),
+            ];
+            let (op, resp) = self.send(Method::GET, &path, &query, None).await?;
+            let body = json_body(&op, check(&op, resp).await?, MAX_JSON_BODY).await?;
+            let notes = body
+                .get("conversations")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let has = |n: &Value, field: &str| {
+                n.get(field)
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| t.contains(marker))
+            };
+            if notes.iter().any(|n| has(n, "body") || has(n, "body_text")) {
+                return Ok(true);
+            }
+            if notes.len() < CONVERSATION_PAGE_SIZE {
+                return Ok(false);
+            }
+        }
+        Err(ConnectorError::Invalid(format!(
+            "ticket {id}: more than {} notes; cannot tell whether the note was already posted",
+            MAX_CONVERSATION_PAGES * CONVERSATION_PAGE_SIZE
         )))
     }
 

@@ -295,8 +295,9 @@ impl Connector for FreshserviceConnector {
         let id = ticket_id_of(&wb.ticket)?;
         match &wb.action {
             WritebackAction::Comment { text } => {
+                let text = format!("{text}\n\n{}", wb.marker);
                 self.client
-                    .add_note(id, &html::note_body(text), self.options.private_notes)
+                    .add_note(id, &html::note_body(&text), self.options.private_notes)
                     .await
             }
             WritebackAction::Status { name } => {
@@ -314,6 +315,13 @@ impl Connector for FreshserviceConnector {
                 self.client.set_status(id, code).await
             }
         }
+    }
+
+    /// Notes end in a paragraph holding the marker; the ticket's conversations are searched.
+    async fn has_comment(&self, wb: &Writeback) -> Result<bool, ConnectorError> {
+        self.client
+            .has_note(ticket_id_of(&wb.ticket)?, &wb.marker)
+            .await
     }
 
     async fn healthcheck(&self) -> Result<(), ConnectorError> {

@@ -285,6 +285,35 @@ async fn add_note(
     with_budget(&s, resp)
 }
 
+/// `GET .../conversations`: pages of `per_page` notes, as Freshservice pages them.
+async fn conversations(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let resp = gate(
+        &s,
+        &headers,
+        format!("GET /api/v2/tickets/{id}/conversations"),
+    )
+    .unwrap_or_else(|| {
+        let per_page: usize = q.get("per_page").and_then(|v| v.parse().ok()).unwrap_or(30);
+        let page: usize = q.get("page").and_then(|v| v.parse().ok()).unwrap_or(1);
+        let account = lock(&s);
+        let notes: Vec<Value> = account
+            .notes
+            .iter()
+            .filter(|(t, _)| *t == id)
+            .skip(page.saturating_sub(1) * per_page)
+            .take(per_page)
+            .map(|(_, n)| json!({"id": 1, "body": n["body"], "private": n["private"]}))
+            .collect();
+        axum::Json(json!({ "conversations": notes })).into_response()
+    });
+    with_budget(&s, resp)
+}
+
 async fn requester(
     State(s): State<Shared>,
     headers: HeaderMap,
@@ -320,6 +349,7 @@ async fn serve(s: Shared) -> Url {
         .route("/api/v2/tickets/{id}", get(view_ticket).put(update_ticket))
         .route("/api/v2/tickets/{id}/approvals", get(approvals))
         .route("/api/v2/tickets/{id}/notes", axum::routing::post(add_note))
+        .route("/api/v2/tickets/{id}/conversations", get(conversations))
         .with_state(s);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -614,9 +644,25 @@ async fn comment_is_posted_as_a_private_note_of_escaped_html() {
     assert_eq!(id, "123");
     assert_eq!(
         note,
-        &json!({"body": "<p>Local admin granted to &lt;b&gt;rita&lt;/b&gt;<br>until 18:00 &amp; no later.</p>",
+        &json!({"body": "<p>Local admin granted to &lt;b&gt;rita&lt;/b&gt;<br>until 18:00 &amp; no later.</p><p>g1:active:comment</p>",
             "private": true})
     );
+}
+
+#[tokio::test]
+async fn a_posted_note_is_found_again_by_its_marker() {
+    let s = account();
+    let c = connector(serve(s.clone()).await);
+    let wb = comment("Local admin granted.");
+    assert!(
+        !c.has_comment(&wb).await.expect("listing"),
+        "not posted yet"
+    );
+    c.write_back(&wb).await.expect("201");
+    assert!(c.has_comment(&wb).await.expect("listing"));
+    let mut other = wb.clone();
+    other.marker = "g2:active:comment".into();
+    assert!(!c.has_comment(&other).await.expect("listing"));
 }
 
 #[tokio::test]

@@ -148,6 +148,26 @@ impl Client {
         self.request(options, spec, &ctx).await
     }
 
+    /// `GET [writeback.exists] url`: whether the answer holds `wb.marker` anywhere (the comment
+    /// template must put `{{ marker }}` in the comment). `false` when no such request is set.
+    pub(crate) async fn has_comment(
+        &self,
+        options: &Options,
+        wb: &Writeback,
+    ) -> Result<bool, ConnectorError> {
+        let Some(name) = &options.exists else {
+            return Ok(false);
+        };
+        let ctx = minijinja::context! {
+            base_url => base_url_value(&self.base),
+            ticket => Ctx::from_serialize(&wb.ticket),
+            marker => wb.marker.as_str(),
+        };
+        let url = self.render_url(options, name, &ctx)?;
+        let answer = self.get_json(&options.errors, url).await?;
+        Ok(holds_text(&answer, &wb.marker))
+    }
+
     /// `GET [healthcheck] url`, when configured.
     pub(crate) async fn healthcheck(&self, options: &Options) -> Result<(), ConnectorError> {
         let Some(name) = &options.healthcheck else {
@@ -463,6 +483,16 @@ fn transport(op: &str, err: &reqwest::Error) -> ConnectorError {
         status: None,
         retry_after: None,
         detail: clean(&format!("{op}: {what}")),
+    }
+}
+
+/// Whether some string inside `v` contains `needle`.
+fn holds_text(v: &Value, needle: &str) -> bool {
+    match v {
+        Value::String(s) => s.contains(needle),
+        Value::Array(items) => items.iter().any(|i| holds_text(i, needle)),
+        Value::Object(map) => map.values().any(|i| holds_text(i, needle)),
+        _ => false,
     }
 }
 

@@ -115,6 +115,10 @@ impl Connector for GenericConnector {
         self.client.write_back(&self.options, wb).await
     }
 
+    async fn has_comment(&self, wb: &Writeback) -> Result<bool, ConnectorError> {
+        self.client.has_comment(&self.options, wb).await
+    }
+
     async fn healthcheck(&self) -> Result<(), ConnectorError> {
         self.client.healthcheck(&self.options).await
     }

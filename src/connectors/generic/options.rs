@@ -15,6 +15,8 @@
 //! extract = { status = "$.ticket.status", approval = "$..." }
 //! [writeback.comment]          # HTTP request templates (method, url, headers, body)
 //! [writeback.status]
+//! [writeback.exists]           # optional GET listing the ticket's comments: `url` may use
+//!                              # `{{ marker }}`; the marker anywhere in the answer = already posted
 //! [errors]                     # how the system reports errors and rate limits
 //! [healthcheck]                # a GET that proves base URL and credentials work
 //! ```
@@ -61,6 +63,8 @@ pub struct Options {
     pub(crate) confirm: Option<ConfirmSpec>,
     pub(crate) comment: Option<HttpSpec>,
     pub(crate) status: Option<HttpSpec>,
+    /// Template name of `[writeback.exists] url`: where to look for an already-posted comment.
+    pub(crate) exists: Option<String>,
     pub(crate) errors: ErrorSpec,
     /// Template name of `[healthcheck] url`.
     pub(crate) healthcheck: Option<String>,
@@ -298,6 +302,7 @@ struct RawRequest {
 struct RawWriteback {
     comment: Option<RawHttp>,
     status: Option<RawHttp>,
+    exists: Option<RawHealthcheck>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -489,7 +494,7 @@ impl Options {
             Some(c) if t.contains_key("confirm") => compile_confirm(&mut r, &mut builder, &c),
             _ => None,
         };
-        let (comment, status) = match raw_writeback {
+        let (comment, status, exists) = match raw_writeback {
             Some(w) => (
                 w.comment.as_ref().and_then(|h| {
                     compile_http(&mut r, &mut builder, "writeback.comment", h, "text")
@@ -497,8 +502,16 @@ impl Options {
                 w.status.as_ref().and_then(|h| {
                     compile_http(&mut r, &mut builder, "writeback.status", h, "status")
                 }),
+                w.exists.as_ref().and_then(|e| {
+                    r.url_template(
+                        &mut builder,
+                        "writeback.exists.url",
+                        e.url.as_ref(),
+                        &["base_url", "ticket", "marker"],
+                    )
+                }),
             ),
-            None => (None, None),
+            None => (None, None, None),
         };
         let errors = raw_errors
             .map(|e| compile_errors(&mut r, &e))
@@ -525,6 +538,7 @@ impl Options {
             confirm,
             comment,
             status,
+            exists,
             errors,
             healthcheck,
             templates: builder.build(),

@@ -769,6 +769,56 @@ async fn comment_and_status_writebacks_reach_the_ticket() {
 }
 
 #[tokio::test]
+async fn writeback_exists_finds_a_comment_by_the_marker_it_carries() {
+    let zd = sim().await;
+    let id = raised_ticket(&zd).await;
+    let text = EXAMPLE
+        .replace(
+            r#"{"body": {{ text | tojson }}, "public": false}"#,
+            r#"{"body": {{ (text ~ "\n\n" ~ marker) | tojson }}, "public": false}"#,
+        )
+        .replace(
+            "[writeback.status]",
+            "[writeback.exists]\nurl = \"{{ base_url }}/api/v2/tickets/{{ ticket.id }}/comments.json\"\n\n[writeback.status]",
+        );
+    assert!(
+        text.contains("~ marker"),
+        "the example's comment body changed"
+    );
+    let options = Options::from_table(&options_table(&text), Path::new("z.toml"))
+        .unwrap_or_else(|ps| panic!("{ps:#?}"));
+    let c = connector(zd.base_url(), options);
+    let wb = Writeback {
+        ticket: ticket_ref(id),
+        action: WritebackAction::Comment {
+            text: "Local admin granted.".into(),
+        },
+        marker: "jitbridge:g1:active:comment".into(),
+    };
+    assert!(!c.has_comment(&wb).await.expect("lookup"), "not posted yet");
+    c.write_back(&wb).await.expect("comment");
+    assert!(c.has_comment(&wb).await.expect("lookup"));
+    let other = Writeback {
+        marker: "jitbridge:g2:active:comment".into(),
+        ..wb.clone()
+    };
+    assert!(!c.has_comment(&other).await.expect("lookup"));
+}
+
+#[tokio::test]
+async fn without_writeback_exists_a_comment_is_never_reported_as_posted() {
+    let zd = sim().await;
+    let id = raised_ticket(&zd).await;
+    let c = connector(zd.base_url(), example());
+    let wb = Writeback {
+        ticket: ticket_ref(id),
+        action: WritebackAction::Comment { text: "x".into() },
+        marker: "jitbridge:g1:active:comment".into(),
+    };
+    assert!(!c.has_comment(&wb).await.expect("no lookup configured"));
+}
+
+#[tokio::test]
 async fn rate_limits_carry_retry_after_and_outages_are_retryable() {
     let zd = sim().await;
     let id = raised_ticket(&zd).await;

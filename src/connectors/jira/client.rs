@@ -28,6 +28,10 @@ use crate::connectors::{Confirmation, ConnectorError, OutboundAuth};
 const MAX_JSON_BODY: usize = 2 * 1024 * 1024;
 /// Page size asked for when listing JSM approvals.
 const APPROVAL_PAGE_SIZE: usize = 50;
+/// Page size asked for when looking for an already-posted comment.
+const COMMENT_PAGE_SIZE: usize = 100;
+/// Most comment pages read before giving up.
+const MAX_COMMENT_PAGES: usize = 50;
 /// Most approval pages followed before giving up (a request has a handful of approvals).
 const MAX_APPROVAL_PAGES: usize = 20;
 /// Longest `Retry-After` honoured; a longer hint is clamped so a bad header cannot park work forever.
@@ -79,9 +83,15 @@ impl JiraClient {
         })
     }
 
-    /// `POST /rest/api/3/issue/{key}/comment` with `text` as an ADF document (v3 rejects strings).
-    pub(crate) async fn add_comment(&self, key: &str, text: &str) -> Result<(), ConnectorError> {
-        let body = serde_json::json!({ "body": adf::document(text) });
+    /// `POST /rest/api/3/issue/{key}/comment` with `text` as an ADF document (v3 rejects strings),
+    /// ending in a paragraph holding `marker` so [`JiraClient::has_comment`] can find it again.
+    pub(crate) async fn add_comment(
+        &self,
+        key: &str,
+        text: &str,
+        marker: &str,
+    ) -> Result<(), ConnectorError> {
+        let body = serde_json::json!({ "body": adf::document(&format!("{text}\n\n{marker}")) });
         let (op, resp) = self
             .send(
                 Method::POST,
@@ -91,6 +101,46 @@ impl JiraClient {
             )
             .await?;
         check(&op, resp).await.map(drop)
+    }
+
+    /// Whether a comment of the issue contains `marker`: pages through
+    /// `GET /rest/api/3/issue/{key}/comment`, newest first where Jira honours `orderBy`.
+    pub(crate) async fn has_comment(
+        &self,
+        key: &str,
+        marker: &str,
+    ) -> Result<bool, ConnectorError> {
+        let path = ["rest", "api", "3", "issue", key, "comment"];
+        let mut start = 0usize;
+        for _ in 0..MAX_COMMENT_PAGES {
+            let query = [
+                ("startAt", start.to_string()),
+                ("maxResults", COMMENT_PAGE_SIZE.to_string()),
+                ("orderBy", "-created".to_owned()),
+            ];
+            let (op, resp) = self.send(Method::GET, &path, &query, None).await?;
+            let page = json_body(&op, check(&op, resp).await?, MAX_JSON_BODY).await?;
+            let comments = page
+                .get("comments")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            if comments.iter().any(|c| {
+                c.get("body")
+                    .is_some_and(|b| b.to_string().contains(marker))
+            }) {
+                return Ok(true);
+            }
+            start += comments.len();
+            let total = page.get("total").and_then(Value::as_u64).unwrap_or(0);
+            if comments.is_empty() || start as u64 >= total {
+                return Ok(false);
+            }
+        }
+        Err(ConnectorError::Invalid(format!(
+            "{key}: more than {} comments; cannot tell whether the comment was already posted",
+            MAX_COMMENT_PAGES * COMMENT_PAGE_SIZE
+        )))
     }
 
     /// Moves the issue to the status called `name` through the matching workflow transition.

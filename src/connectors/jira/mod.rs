@@ -129,9 +129,16 @@ impl Connector for JiraConnector {
     async fn write_back(&self, wb: &Writeback) -> Result<(), ConnectorError> {
         let key = client::issue_ref(&wb.ticket)?;
         match &wb.action {
-            WritebackAction::Comment { text } => self.client.add_comment(key, text).await,
+            WritebackAction::Comment { text } => {
+                self.client.add_comment(key, text, &wb.marker).await
+            }
             WritebackAction::Status { name } => self.client.transition_to(key, name).await,
         }
+    }
+
+    async fn has_comment(&self, wb: &Writeback) -> Result<bool, ConnectorError> {
+        let key = client::issue_ref(&wb.ticket)?;
+        self.client.has_comment(key, &wb.marker).await
     }
 
     async fn healthcheck(&self) -> Result<(), ConnectorError> {

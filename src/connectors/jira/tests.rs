@@ -187,6 +187,34 @@ async fn add_comment(
         .into_response()
 }
 
+/// `GET .../comment`: pages of 2 (whatever `maxResults` says) so paging is exercised.
+async fn list_comments(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = gate(&s, &headers) {
+        return r;
+    }
+    if key != "ACCESS-87" {
+        return not_found();
+    }
+    let start: usize = q.get("startAt").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let site = lock(&s);
+    let page: Vec<Value> = site
+        .comments
+        .iter()
+        .skip(start)
+        .take(2)
+        .map(|b| json!({"id": "1", "body": b}))
+        .collect();
+    axum::Json(
+        json!({"startAt": start, "maxResults": 2, "total": site.comments.len(), "comments": page}),
+    )
+    .into_response()
+}
+
 async fn list_transitions(
     State(s): State<Shared>,
     headers: HeaderMap,
@@ -253,7 +281,7 @@ async fn serve(s: Shared) -> Url {
         .route("/rest/api/3/issue/{key}", get(issue))
         .route(
             "/rest/api/3/issue/{key}/comment",
-            axum::routing::post(add_comment),
+            get(list_comments).post(add_comment),
         )
         .route(
             "/rest/api/3/issue/{key}/transitions",
@@ -341,15 +369,37 @@ async fn comment_is_posted_as_adf_and_accepted_with_201() {
     let doc = &site.comments[0];
     assert_eq!(
         doc["content"].as_array().map(Vec::len),
-        Some(2),
-        "two paragraphs"
+        Some(3),
+        "two paragraphs of text and the marker's"
     );
     assert_eq!(
         doc["content"][0]["content"][1],
         json!({"type": "hardBreak"})
     );
     assert_eq!(doc["content"][1]["content"][0]["text"], "Audit id: 42");
+    assert_eq!(doc["content"][2]["content"][0]["text"], "g1:active:comment");
     assert_eq!(site.unauthenticated_calls, 0);
+}
+
+#[tokio::test]
+async fn a_posted_comment_is_found_again_by_its_marker_across_pages() {
+    let s = site("In Progress");
+    let c = connector(serve(s.clone()).await);
+    for i in 0..4 {
+        let mut other = comment(&format!("earlier comment {i}"));
+        other.marker = format!("g0:state{i}:comment");
+        c.write_back(&other).await.expect("201");
+    }
+    let wb = comment("Local admin granted.");
+    assert!(
+        !c.has_comment(&wb).await.expect("listing"),
+        "not posted yet"
+    );
+    c.write_back(&wb).await.expect("201");
+    assert!(
+        c.has_comment(&wb).await.expect("listing"),
+        "on the third page"
+    );
 }
 
 #[tokio::test]
@@ -463,6 +513,11 @@ async fn outage_503_is_unavailable_and_keeps_retry_after() {
             detail: "GET /rest/api/3/issue/ACCESS-87/transitions: HTTP 503 Service Unavailable"
                 .into(),
         }
+    );
+    let lookup = c.has_comment(&comment("x")).await.expect_err("503");
+    assert!(
+        lookup.is_retryable(),
+        "looking for a marker retries too: {lookup}"
     );
 }
 

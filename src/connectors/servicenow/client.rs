@@ -28,6 +28,8 @@ use crate::ticket::{Approval, Person};
 const MAX_JSON_BODY: usize = 2 * 1024 * 1024;
 /// Most approval rows read for one ticket; a request has a handful.
 const MAX_APPROVER_ROWS: usize = 100;
+/// Where journal entries (`work_notes`, `comments`) can be read back.
+const JOURNAL_TABLE: &str = "sys_journal_field";
 /// Most distinct users looked up per confirmation; beyond that, people keep only their sys_id.
 const MAX_USER_LOOKUPS: usize = 20;
 /// Longest `Retry-After` honoured; a longer hint is clamped so a bad header cannot park work forever.
@@ -157,6 +159,43 @@ impl SnowClient {
             }
         }
         Ok(Vec::new())
+    }
+
+    /// Whether the record `sys_id` has a `field` journal entry (`work_notes` / `comments`)
+    /// containing `marker`: journal fields read back empty through the record itself, so this
+    /// asks `sys_journal_field`.
+    pub(crate) async fn has_journal_entry(
+        &self,
+        sys_id: &str,
+        field: &str,
+        marker: &str,
+    ) -> Result<bool, ConnectorError> {
+        if marker.contains('^') {
+            return Err(ConnectorError::Invalid(
+                "a writeback marker must not contain '^'".to_owned(),
+            ));
+        }
+        let query = [
+            (
+                "sysparm_query",
+                format!("element_id={sys_id}^element={field}^valueLIKE{marker}"),
+            ),
+            ("sysparm_fields", "element_id,value".to_owned()),
+            ("sysparm_limit", "10".to_owned()),
+        ];
+        // v1 answers "no match" with 404.
+        let Some(v) = self.get_json(&[JOURNAL_TABLE], &query).await? else {
+            return Ok(false);
+        };
+        // Checked here too, whatever the server's query support.
+        Ok(v.get("result")
+            .and_then(Value::as_array)
+            .is_some_and(|rows| {
+                rows.iter().any(|r| {
+                    scalar(r.get("element_id")).as_deref() == Some(sys_id)
+                        && scalar(r.get("value")).is_some_and(|t| t.contains(marker))
+                })
+            }))
     }
 
     /// `GET /api/now/table/sys_user/{id}`: the user's e-mail and names. `None` when the user is

@@ -196,7 +196,7 @@ impl Connector for ServiceNowConnector {
             .await
     }
 
-    /// A comment appends to the configured journal field; a status sets `state` to the code of
+    /// A comment appends to the configured journal field (ending in its marker line); a status sets `state` to the code of
     /// the named state (the `states` option, then the table's built-in map; a bare code passes).
     async fn write_back(&self, wb: &Writeback) -> Result<(), ConnectorError> {
         let sys_id = sys_id_of(&wb.ticket)?;
@@ -209,7 +209,7 @@ impl Connector for ServiceNowConnector {
                     let mut note = serde_json::Map::new();
                     note.insert(
                         self.options.journal_field.as_str().to_owned(),
-                        Value::String(text.clone()),
+                        Value::String(format!("{text}\n\n{}", wb.marker)),
                     );
                     Value::Object(note)
                 }
@@ -244,6 +244,14 @@ impl Connector for ServiceNowConnector {
                 tried.join(", ")
             )),
         })
+    }
+
+    /// Journal entries carry the marker as their last line; `sys_journal_field` finds them.
+    async fn has_comment(&self, wb: &Writeback) -> Result<bool, ConnectorError> {
+        let sys_id = sys_id_of(&wb.ticket)?;
+        self.client
+            .has_journal_entry(sys_id, self.options.journal_field.as_str(), &wb.marker)
+            .await
     }
 
     async fn healthcheck(&self) -> Result<(), ConnectorError> {

@@ -152,6 +152,17 @@ async fn list(
                 .collect()
         }
         "sys_user" => inst.users.values().cloned().collect(),
+        // Every journal write, whatever the query asks (the client must check for itself).
+        "sys_journal_field" => inst
+            .patches
+            .iter()
+            .flat_map(|(_, id, body)| {
+                ["work_notes", "comments"].into_iter().filter_map(move |f| {
+                    body.get(f)
+                        .map(|v| json!({"element_id": id, "element": f, "value": v}))
+                })
+            })
+            .collect(),
         _ => Vec::new(),
     };
     let limit: usize = q
@@ -600,9 +611,41 @@ async fn a_comment_is_patched_into_work_notes() {
         vec![(
             "sc_req_item".to_owned(),
             RITM.to_owned(),
-            json!({"work_notes": "Local admin granted until 10:00."})
+            json!({"work_notes": "Local admin granted until 10:00.\n\njitbridge:g1:active:comment"})
         )]
     );
+}
+
+#[tokio::test]
+async fn a_posted_journal_entry_is_found_again_by_its_marker() {
+    let s = instance("approved");
+    let c = connector(serve(s.clone()).await);
+    let wb = comment("Local admin granted until 10:00.");
+    assert!(!c.has_comment(&wb).await.expect("lookup"), "not posted yet");
+    c.write_back(&wb).await.expect("written");
+    assert!(c.has_comment(&wb).await.expect("lookup"));
+    let mut other = wb.clone();
+    other.marker = "jitbridge:g2:active:comment".into();
+    assert!(
+        !c.has_comment(&other).await.expect("lookup"),
+        "another grant's marker"
+    );
+    let calls = lock(&s).calls.clone();
+    assert!(
+        calls.iter().any(|c| c.starts_with("GET sys_journal_field?")
+            && c.contains(&format!(
+                "element_id={RITM}^element=work_notes^valueLIKEjitbridge:g1:active:comment"
+            ))),
+        "{calls:?}"
+    );
+}
+
+#[tokio::test]
+async fn no_journal_match_answered_with_v1_404_means_not_posted() {
+    let s = instance("approved");
+    lock(&s).v1_lists = true;
+    let c = connector(serve(s.clone()).await);
+    assert!(!c.has_comment(&comment("x")).await.expect("lookup"));
 }
 
 #[tokio::test]
@@ -627,7 +670,7 @@ async fn the_journal_field_is_configurable_and_other_tables_are_tried() {
         vec![(
             "incident".to_owned(),
             INC.to_owned(),
-            json!({"comments": "Elevation refused."})
+            json!({"comments": "Elevation refused.\n\njitbridge:g1:active:comment"})
         )]
     );
     assert_eq!(
