@@ -1807,7 +1807,15 @@ revoke = {{ status = ["Done", "Cancelled"] }}
     fn the_api_record_decides_whether_an_approval_stands() {
         let by_status = mappings(r#"{ status = ["Approved"] }"#);
         let by_event = mappings(r#"{ event = ["approved"] }"#);
-        let cases: &[(&MappingSet, Option<&str>, Option<&str>, bool, &str)] = &[
+        /// Mappings, the API's approval state, its status, whether it stands, and why.
+        type Case<'a> = (
+            &'a MappingSet,
+            Option<&'a str>,
+            Option<&'a str>,
+            bool,
+            &'a str,
+        );
+        let cases: &[Case] = &[
             (
                 &by_status,
                 Some("Approved"),

@@ -566,7 +566,6 @@ pub(super) async fn a_batch_commit_fails_only_its_conflicting_member_and_chains_
         "{results:?}"
     );
     let state = |g: &Grant| {
-        let store = store;
         let id = g.id;
         async move { store.get_grant(id).await.unwrap().unwrap().state }
     };

@@ -102,13 +102,13 @@ mod tests {
         t.push(
             Row::new("P1", "jitbridge")
                 .metric("req/s", 12345.6)
-                .metric("p99 ms", 3.14159)
+                .metric("p99 ms", 3.25)
                 .ratio("vs HMAC", 0.5)
                 .note("ok".into()),
         );
         let s = t.render();
         assert!(
-            s.contains("| P1 | jitbridge | req/s 12346, p99 ms 3.14 | **0.50×** vs HMAC | ok |"),
+            s.contains("| P1 | jitbridge | req/s 12346, p99 ms 3.25 | **0.50×** vs HMAC | ok |"),
             "{s}"
         );
         assert_eq!(fmt_num(f64::NAN), "n/a");
