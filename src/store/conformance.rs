@@ -779,9 +779,13 @@ pub(super) async fn unresolved_revoke_names_the_oldest_revoke_failed_grant_of_a_
     store: &Fixture,
 ) {
     // Live and ended grants of Alice on LAPTOP-042 that are not revoke_failed do not block.
-    for (n, state) in [GrantState::Active, GrantState::Revoking, GrantState::Revoked]
-        .into_iter()
-        .enumerate()
+    for (n, state) in [
+        GrantState::Active,
+        GrantState::Revoking,
+        GrantState::Revoked,
+    ]
+    .into_iter()
+    .enumerate()
     {
         store
             .commit(insert(&grant(&n.to_string(), "m", state)))
