@@ -291,6 +291,7 @@ fn policy_at(mapping: &Mapping, event: &TicketEvent, spec: &GrantSpec, at: Times
             live_for_subject: Some(0),
             live_for_target: Some(0),
             approvers_from: ApproverSource::Confirmed,
+            unresolved_revoke: None,
         },
     )
 }

@@ -19,7 +19,7 @@ use crate::connectors::{Confirmation, ConnectorError, Writeback, WritebackAction
 use crate::mapping::{GrantSpec, Mapping, Note, Trigger, stored_context, template_context};
 use crate::outbox::{provider_job, writeback_job};
 use crate::policy::auto::AutoApprove;
-use crate::policy::{ApproverSource, Facts, PolicyInput, Verdict};
+use crate::policy::{ApproverSource, Facts, PolicyInput, UnresolvedRevoke, Verdict};
 use crate::providers::ProviderAction;
 use crate::store::{Commit, NewJob, Store, StoreError};
 use crate::ticket::{EventKind, Person, TicketEvent};
@@ -426,11 +426,23 @@ impl GrantService {
         } else {
             None
         };
+        // Always asked: a grant that could not be revoked blocks its subject and its target.
+        let unresolved_revoke = self
+            .store
+            .unresolved_revoke(&spec.subject, &spec.target)
+            .await?
+            .map(|g| UnresolvedRevoke {
+                grant: g.id,
+                ticket_key: g.ticket.key,
+                subject: g.subject,
+                target: g.target,
+            });
         Ok(Facts {
             now: self.clock.now(),
             live_for_subject: live.map(|c| c.by_subject),
             live_for_target: live.map(|c| c.by_target),
             approvers_from,
+            unresolved_revoke,
         })
     }
 

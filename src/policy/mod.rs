@@ -663,9 +663,23 @@ pub enum ApproverSource {
     Unconfirmed,
 }
 
+/// A grant whose revoke keeps failing (`revoke_failed`): the privilege may still be in place,
+/// so no new grant for its subject or on its target is issued until the revoke completes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnresolvedRevoke {
+    /// The grant that could not be revoked.
+    pub grant: uuid::Uuid,
+    /// Its ticket, so a person can find it.
+    pub ticket_key: String,
+    /// Who holds it.
+    pub subject: String,
+    /// Where.
+    pub target: String,
+}
+
 /// What the engine knows about the world at decision time, besides the request: policy stays
 /// pure, and tests can set any "now" or count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Facts {
     /// The clock's "now", for `hours`.
     pub now: Timestamp,
@@ -675,6 +689,9 @@ pub struct Facts {
     pub live_for_target: Option<u64>,
     /// Where [`PolicyInput::approvers`] came from.
     pub approvers_from: ApproverSource,
+    /// A grant of the same subject or on the same target whose revoke has not succeeded yet
+    /// (the oldest, if several); `None` when there is none, or nothing was looked up (dry runs).
+    pub unresolved_revoke: Option<UnresolvedRevoke>,
 }
 
 impl Facts {
@@ -685,6 +702,7 @@ impl Facts {
             live_for_subject: None,
             live_for_target: None,
             approvers_from: ApproverSource::Confirmed,
+            unresolved_revoke: None,
         }
     }
 }
@@ -806,6 +824,13 @@ fn evaluate(
             Holder::Target(input.target.trim()),
             facts.and_then(|f| f.live_for_target),
             max,
+        ));
+    }
+    // Always applies, but needs the store's answer: a dry run without facts has none.
+    if let Some(facts) = facts {
+        checks.push(check_unresolved_revoke(
+            facts.unresolved_revoke.as_ref(),
+            input,
         ));
     }
     if let Some(condition) = &policy.condition {
@@ -1501,6 +1526,33 @@ fn check_live(rule: &'static str, holder: Holder<'_>, count: Option<u64>, max: u
                 grants(u64::from(max))
             ),
         }
+    }
+}
+
+/// Refuses while a grant of the same subject or on the same target could not be revoked: not
+/// configurable, because handing out a privilege again while the last one may still be in
+/// place is never what an administrator wants.
+fn check_unresolved_revoke(blocking: Option<&UnresolvedRevoke>, input: &PolicyInput) -> Check {
+    const RULE: &str = "unresolved_revoke";
+    match blocking {
+        Some(b) => Check {
+            rule: RULE,
+            passed: false,
+            detail: format!(
+                "grant {} (ticket {}) for {} on {} could not be revoked yet (revoke_failed); no \
+                 new grant for this subject or target until it is revoked",
+                b.grant, b.ticket_key, b.subject, b.target
+            ),
+        },
+        None => Check {
+            rule: RULE,
+            passed: true,
+            detail: format!(
+                "no grant for {} or on {} is waiting for a failed revoke",
+                input.subject.trim(),
+                input.target.trim()
+            ),
+        },
     }
 }
 

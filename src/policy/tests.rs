@@ -1002,7 +1002,8 @@ fn absent_keys_add_no_checks() {
             "requesters",
             "targets",
             "scopes",
-            "duration"
+            "duration",
+            "unresolved_revoke"
         ]
     );
     assert!(!Policy::default().needs_live_counts());
@@ -1026,6 +1027,7 @@ max_active_per_target = 1
     let facts = Facts {
         live_for_subject: Some(1),
         live_for_target: Some(1),
+        unresolved_revoke: Some(stuck_revoke("alice@example.com", "SRV-1")),
         ..facts_at(SATURDAY_MORNING)
     };
     let approvers = [bob()];
@@ -1047,7 +1049,8 @@ max_active_per_target = 1
             "min_duration",
             "hours",
             "max_active_per_subject",
-            "max_active_per_target"
+            "max_active_per_target",
+            "unresolved_revoke"
         ]
     );
     assert!(
@@ -1067,7 +1070,93 @@ max_active_per_target = 1
     };
     let v = check_at(&p, &i, &facts, None);
     assert!(v.allowed(), "{v:?}");
-    assert_eq!(v.checks.len(), 11);
+    assert_eq!(v.checks.len(), 12);
+}
+
+/// A grant of `subject` on `target` whose revoke kept failing.
+fn stuck_revoke(subject: &str, target: &str) -> UnresolvedRevoke {
+    UnresolvedRevoke {
+        grant: uuid::Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_0042),
+        ticket_key: "ACCESS-7".into(),
+        subject: subject.into(),
+        target: target.into(),
+    }
+}
+
+#[test]
+fn an_unresolved_revoke_refuses_every_grant_of_its_subject_or_on_its_target() {
+    let (a, approvers) = (alice(), [bob()]);
+    let refusal = "grant 01930000-0000-7000-8000-000000000042 (ticket ACCESS-7) for \
+                   alice@example.com on WS-0042 could not be revoked yet (revoke_failed); no new \
+                   grant for this subject or target until it is revoked";
+    // (what the store found, what policy says)
+    let cases: [(Option<UnresolvedRevoke>, Option<&str>); 4] = [
+        (None, None),
+        // Another grant of the same subject, elsewhere.
+        (
+            Some(stuck_revoke("alice@example.com", "WS-0042")),
+            Some(refusal),
+        ),
+        // Someone else's grant on the same target.
+        (
+            Some(stuck_revoke("carol@example.com", "WS-1")),
+            Some("for carol@example.com on WS-1 could not be revoked yet"),
+        ),
+        // The mapping's own policy has no say: even the laxest one refuses.
+        (
+            Some(stuck_revoke("alice@example.com", "WS-1")),
+            Some("no new grant for this subject or target until it is revoked"),
+        ),
+    ];
+    let lax = from_toml("distinct_approver = false");
+    for (blocking, want) in cases {
+        let facts = Facts {
+            unresolved_revoke: blocking.clone(),
+            ..facts_at(MONDAY_MORNING)
+        };
+        for p in [&Policy::default(), &lax] {
+            let v = check_at(
+                p,
+                &input(Some(&a), &approvers, "alice@example.com", "WS-1"),
+                &facts,
+                None,
+            );
+            let check = v.checks.iter().find(|c| c.rule == "unresolved_revoke");
+            let check = check.expect("the rule is always reported");
+            match want {
+                None => {
+                    assert!(v.allowed(), "{blocking:?}: {v:?}");
+                    assert_eq!(
+                        check.detail,
+                        "no grant for alice@example.com or on WS-1 is waiting for a failed revoke"
+                    );
+                }
+                Some(want) => {
+                    assert!(!v.allowed(), "{blocking:?}");
+                    let reason = v.refusal().unwrap();
+                    assert!(reason.contains(want), "{reason}");
+                }
+            }
+        }
+    }
+    // Before an approval it is reported too, so the request summary lists it as a blocker.
+    let facts = Facts {
+        unresolved_revoke: Some(stuck_revoke("alice@example.com", "WS-0042")),
+        ..facts_at(MONDAY_MORNING)
+    };
+    let v = check_before_approval(
+        &Policy::default(),
+        &input(Some(&a), &[], "alice@example.com", "WS-1"),
+        &facts,
+        None,
+    );
+    assert_eq!(v.refusal().as_deref(), Some(refusal));
+    // A dry run without facts reads no store and so has nothing to report.
+    let v = check(
+        &Policy::default(),
+        &input(Some(&a), &approvers, "alice@example.com", "WS-1"),
+    );
+    assert!(v.checks.iter().all(|c| c.rule != "unresolved_revoke"));
 }
 
 fn window_text(days: &[bool; 7], start: u16, end: u16, zone: &str) -> String {

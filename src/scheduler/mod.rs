@@ -314,6 +314,13 @@ mod revoke_ahead_tests {
         ) -> Result<LiveGrantCounts, StoreError> {
             self.inner.count_live_grants(subject, target).await
         }
+        async fn unresolved_revoke(
+            &self,
+            subject: &str,
+            target: &str,
+        ) -> Result<Option<Grant>, StoreError> {
+            self.inner.unresolved_revoke(subject, target).await
+        }
         async fn claim_jobs(
             &self,
             lane: Lane,

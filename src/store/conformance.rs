@@ -774,6 +774,76 @@ pub(super) async fn live_grants_are_counted_by_subject_and_by_target_across_tick
     assert_eq!(none, LiveGrantCounts::default());
 }
 
+pub(super) async fn unresolved_revoke_names_the_oldest_revoke_failed_grant_of_a_subject_or_target(
+    store: &Fixture,
+) {
+    // Live and ended grants of Alice on LAPTOP-042 that are not revoke_failed do not block.
+    for (n, state) in [
+        GrantState::Active,
+        GrantState::Revoking,
+        GrantState::Revoked,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        store
+            .commit(insert(&grant(&n.to_string(), "m", state)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store
+            .unresolved_revoke("alice@example.com", "LAPTOP-042")
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Bob's revoke on WS-9 failed twice; the older one is named, to Bob or to anyone on WS-9.
+    let mut older = grant("10", "m", GrantState::RevokeFailed);
+    older.subject = "bob@example.com".into();
+    older.target = "WS-9".into();
+    older.requested_at = at(0);
+    let mut newer = older.clone();
+    newer.id = Uuid::now_v7();
+    newer.ticket.id = "10011".into();
+    newer.requested_at = at(50);
+    store.commit(insert(&newer)).await.unwrap();
+    store.commit(insert(&older)).await.unwrap();
+    let by_subject = store
+        .unresolved_revoke(" BOB@example.com ", "SRV-1")
+        .await
+        .unwrap();
+    assert_eq!(by_subject.map(|g| g.id), Some(older.id));
+    let by_target = store
+        .unresolved_revoke("carol@example.com", "ws-9")
+        .await
+        .unwrap();
+    assert_eq!(by_target.map(|g| g.id), Some(older.id));
+    assert_eq!(
+        store
+            .unresolved_revoke("carol@example.com", "SRV-1")
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Once both revokes complete, nothing blocks.
+    for g in [&older, &newer] {
+        store
+            .commit(transition(g, GrantState::Revoked))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store
+            .unresolved_revoke("bob@example.com", "WS-9")
+            .await
+            .unwrap(),
+        None
+    );
+}
+
 pub(super) async fn active_grant_without_a_deadline_is_refused(store: &Fixture) {
     let mut g = grant("87", "laptop-admin", GrantState::Active);
     g.expires_at = None;
@@ -1620,6 +1690,7 @@ conformance!(
     finishing_deliveries_in_a_batch_fails_only_those_no_longer_pending,
     second_live_grant_for_the_same_ticket_conflicts_until_the_first_is_terminal,
     live_grants_are_counted_by_subject_and_by_target_across_tickets,
+    unresolved_revoke_names_the_oldest_revoke_failed_grant_of_a_subject_or_target,
     active_grant_without_a_deadline_is_refused,
     due_grants_are_active_ones_past_their_deadline_earliest_first,
     list_and_count_grants,

@@ -308,6 +308,16 @@ pub trait Store: Send + Sync + 'static {
         target: &str,
     ) -> Result<LiveGrantCounts, StoreError>;
 
+    /// The oldest grant in `revoke_failed` whose subject is `subject` or whose target is
+    /// `target` (compared as [`Store::count_live_grants`] compares them). While one exists,
+    /// policy refuses new grants for that subject and that target: a privilege that could not
+    /// be taken away is not handed out again.
+    async fn unresolved_revoke(
+        &self,
+        subject: &str,
+        target: &str,
+    ) -> Result<Option<Grant>, StoreError>;
+
     // ---- outbox ----
     /// Leases up to `limit` pending jobs of `lane` that are due, never two of the same queue key,
     /// and never a job while an earlier pending job of its queue key exists.

@@ -655,6 +655,14 @@ impl Store for PgStore {
         self.reads().count_live_grants(subject, target).await
     }
 
+    async fn unresolved_revoke(
+        &self,
+        subject: &str,
+        target: &str,
+    ) -> Result<Option<Grant>, StoreError> {
+        self.reads().unresolved_revoke(subject, target).await
+    }
+
     // ---- outbox ----
 
     async fn claim_jobs(

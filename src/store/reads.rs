@@ -206,6 +206,28 @@ where
         })
     }
 
+    /// The oldest `revoke_failed` grant of `subject` or on `target`, compared as
+    /// [`Self::count_live_grants`] compares them.
+    pub(super) async fn unresolved_revoke(
+        &self,
+        subject: &str,
+        target: &str,
+    ) -> Result<Option<Grant>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            grant_columns!(),
+            " FROM grants WHERE state = 'revoke_failed' \
+             AND (lower(trim(subject)) = lower(trim($1)) OR lower(trim(target)) = lower(trim($2))) \
+             ORDER BY requested_at, id LIMIT 1"
+        ))
+        .bind(subject)
+        .bind(target)
+        .fetch_optional(self.pool)
+        .await
+        .map_err(self.db_error)?;
+        row.as_ref().map(rows::grant).transpose()
+    }
+
     pub(super) async fn list_jobs(
         &self,
         state: JobState,

@@ -123,6 +123,53 @@ async fn failing_revoke_raises_revoke_failed_alarm_and_completes_on_recovery() {
 }
 
 #[tokio::test]
+async fn unresolved_revoke_refuses_new_grants_on_its_target_until_the_revoke_completes() {
+    let h = Harness::start().await;
+    let first = h.raise(ALICE, "WS-0104", "2h", &[BOB]).await;
+    h.jira.approve(&first, BOB).await.expect("approve");
+    h.wait_state(&first, GrantState::Active).await;
+    h.receiver.set_down(true).await;
+    h.jira
+        .transition_to(&first, "Done", CAROL)
+        .await
+        .expect("resolve");
+    let stuck = h.wait_state(&first, GrantState::RevokeFailed).await;
+
+    // Carol asks for the same machine while Alice's privilege may still be there.
+    let second = h.raise(CAROL, "WS-0104", "1h", &[BOB]).await;
+    h.wait_state(&second, GrantState::Requested).await;
+    let blocked = format!(
+        "grant {} (ticket {first}) for alice@example.com on WS-0104 could not be revoked yet \
+         (revoke_failed); no new grant for this subject or target until it is revoked",
+        stuck.id
+    );
+    // The request's summary already says what would block it.
+    h.wait_comment(&second, &blocked).await;
+    h.jira.approve(&second, BOB).await.expect("approve");
+    let denied = h.wait_state(&second, GrantState::Denied).await;
+    assert_eq!(denied.reason.as_deref(), Some(blocked.as_str()));
+    h.wait_comment(&second, &format!("Elevation refused: {blocked}"))
+        .await;
+    assert!(
+        !h.receiver
+            .holds("carol@example.com", "WS-0104", "local-admin")
+            .await
+    );
+
+    // The endpoint recovers, the revoke completes, and the machine may be granted again.
+    h.receiver.set_down(false).await;
+    h.wait_state(&first, GrantState::Revoked).await;
+    let third = h.raise(CAROL, "WS-0104", "1h", &[BOB]).await;
+    h.jira.approve(&third, BOB).await.expect("approve");
+    h.wait_state(&third, GrantState::Active).await;
+    assert!(
+        h.receiver
+            .holds("carol@example.com", "WS-0104", "local-admin")
+            .await
+    );
+}
+
+#[tokio::test]
 async fn provider_that_never_applies_fails_the_grant_after_the_apply_window() {
     let opts = crate::harness::Options {
         workers: "retry_initial = \"100ms\"\nretry_max = \"300ms\"\napply_window = \"2s\"\n".into(),
