@@ -1,7 +1,10 @@
 //! `jitbridge explain`: a dry run of one delivery through the same parser, mappings and policy
 //! the daemon uses. It shows the normalized events, every mapping considered (its `when`
 //! expression and value, and why it did or did not match), for a match the trigger, the rendered
-//! grant, each policy check, the decision and the writebacks that would be made.
+//! grant with its scope definition, each policy check, the decision and the writebacks that would
+//! be made. A new request also shows the summary comment and how `[mapping.auto_approve]` judges
+//! it; a reopen says it never approves; an approval says what it would do to an active grant
+//! (a renewal), which a dry run, reading no store, cannot see.
 //! Pure: nothing is read from an ITSM, written to the store, or sent to a provider; the instant
 //! policy `hours` are evaluated at is given by the caller.
 
