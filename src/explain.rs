@@ -1,7 +1,10 @@
 //! `jitbridge explain`: a dry run of one delivery through the same parser, mappings and policy
 //! the daemon uses. It shows the normalized events, every mapping considered (its `when`
 //! expression and value, and why it did or did not match), for a match the trigger, the rendered
-//! grant, each policy check, the decision and the writebacks that would be made.
+//! grant with its scope definition, each policy check, the decision and the writebacks that would
+//! be made. A new request also shows the summary comment and how `[mapping.auto_approve]` judges
+//! it; a reopen says it never approves; an approval says what it would do to an active grant
+//! (a renewal), which a dry run, reading no store, cannot see.
 //! Pure: nothing is read from an ITSM, written to the store, or sent to a provider; the instant
 //! policy `hours` are evaluated at is given by the caller.
 
@@ -11,9 +14,10 @@ use serde_json::json;
 
 use crate::connectors::{RawDelivery, Registered};
 use crate::grants::GrantState;
-use crate::mapping::{GrantSpec, Mapping, MappingSet, Trigger, template_context};
+use crate::mapping::{GrantSpec, Mapping, MappingSet, Note, Trigger, template_context};
+use crate::policy::auto::without_approver_rules;
 use crate::policy::{ApproverSource, Facts, PolicyInput, Verdict};
-use crate::ticket::TicketEvent;
+use crate::ticket::{Person, TicketEvent};
 
 /// What a dry run assumes and cannot check; printed once with every explanation.
 pub const ASSUMPTIONS: &str = "dry run: assumes the ITSM confirms the approvers named in the delivery (the daemon checks that first) and that no other grant is live for the subject or target";
@@ -64,8 +68,30 @@ pub struct MappingExplanation {
     pub decision: String,
     /// The ITSM call the daemon makes before granting, which a dry run does not make.
     pub confirmation: Option<String>,
+    /// For a new request: how the mapping's `[mapping.auto_approve]` judges it.
+    pub auto_approve: Option<AutoApproveView>,
+    /// For an approval: what it would do to a grant that is already active (a renewal), which a
+    /// dry run cannot know about.
+    pub renewal: Option<String>,
     /// The ticket writebacks the decision would queue.
     pub writebacks: Vec<serde_json::Value>,
+}
+
+/// How `[mapping.auto_approve]` judges a new request, step by step.
+#[derive(Debug, Clone, Serialize)]
+pub struct AutoApproveView {
+    /// False when the mapping has no `[mapping.auto_approve]` or it is not `enabled`.
+    pub enabled: bool,
+    /// The condition as written.
+    pub condition: Option<String>,
+    /// Its value for this ticket: `true`, `false` or `error`.
+    pub condition_value: Option<&'static str>,
+    /// Whether `auto_approve.scopes` allow the rendered scope.
+    pub scope_allowed: Option<bool>,
+    /// The longest auto-approved grant.
+    pub max_duration: Option<String>,
+    /// The policy checks an auto-approval runs (every rule but the approver rules).
+    pub policy: Vec<PolicyCheck>,
 }
 
 /// The rendered grant, as `explain` shows it.
@@ -83,6 +109,8 @@ pub struct GrantView {
     pub max_duration: String,
     /// True when the request was longer than the cap and was cut.
     pub capped_at_max_duration: bool,
+    /// The scope's definition from the allow-list (path, hash, arguments), or why it has none.
+    pub scope_definition: String,
 }
 
 /// One policy rule's outcome.
@@ -148,6 +176,8 @@ fn explain_event(
             policy: Vec::new(),
             decision: "no match: nothing happens".into(),
             confirmation: None,
+            auto_approve: None,
+            renewal: None,
             writebacks: Vec::new(),
         };
         if m.matched {
@@ -179,11 +209,19 @@ fn explain_match(
     };
     m.grant = Some(grant_view(&spec, mapping));
     let (decision, state, reason) = match trigger {
-        None => (
-            "request: a grant would be recorded as requested, waiting for approval".to_owned(),
-            GrantState::Requested,
-            String::new(),
-        ),
+        None if mapping.is_reopen(event) => {
+            let status = event.ticket.status.clone().unwrap_or_default();
+            m.decision = if mapping.approves_status(&status) {
+                format!(
+                    "reopen never approves: status {status} is an approve status, but this event \
+                     reopens the ticket; a live grant is left as it is"
+                )
+            } else {
+                "reopen: no rule fires; a live grant is left as it is".to_owned()
+            };
+            return;
+        }
+        None => return explain_request(mapping, event, spec, at, m),
         Some(Trigger::Approve) => {
             if connector.confirm_approvals {
                 m.confirmation = Some(format!(
@@ -191,17 +229,16 @@ fn explain_match(
                     connector.connector.id()
                 ));
             }
-            let verdict = policy_at(mapping, event, &spec, at);
-            m.policy = verdict
-                .checks
-                .iter()
-                .map(|c| PolicyCheck {
-                    rule: c.rule,
-                    passed: c.passed,
-                    detail: c.detail.clone(),
-                })
-                .collect();
+            let verdict = policy_at(mapping, event, &spec, &approvers_of(event), at);
+            m.policy = policy_checks(&verdict);
             if verdict.allowed() {
+                m.renewal = Some(format!(
+                    "if this ticket's grant is already active (a dry run reads no store), this \
+                     approval renews it: the deadline becomes now + {:#}, never later than its \
+                     first approval + max_duration {:#}",
+                    spec.duration,
+                    mapping.max_duration()
+                ));
                 (
                     format!(
                         "approve: the grant would be applied through provider {}",
@@ -232,6 +269,115 @@ fn explain_match(
         ),
     };
     m.decision = decision;
+    push_writeback(
+        m,
+        mapping,
+        state,
+        &writeback_ctx(event, &spec, state, &reason),
+        None,
+    );
+}
+
+/// A new request (no rule fires, the ticket is not reopened): the summary comment the daemon
+/// writes on `requested`, then the auto-approval's judgement and, when it approves, the
+/// `approved` writebacks and the `auto_approved` note.
+fn explain_request(
+    mapping: &Mapping,
+    event: &TicketEvent,
+    mut spec: GrantSpec,
+    at: Timestamp,
+    m: &mut MappingExplanation,
+) {
+    let blockers = mapping.check_before_approval(event, &input(event, &spec, &[]), &facts(at));
+    let summary = mapping.request_summary(&spec, &blockers);
+    let ctx = writeback_ctx(event, &spec, GrantState::Requested, "");
+    push_writeback(m, mapping, GrantState::Requested, &ctx, Some(&summary));
+    let waiting = "request: a grant would be recorded as requested, waiting for approval";
+    let Some(auto) = mapping.auto_approve() else {
+        m.auto_approve = Some(AutoApproveView {
+            enabled: false,
+            condition: None,
+            condition_value: None,
+            scope_allowed: None,
+            max_duration: None,
+            policy: Vec::new(),
+        });
+        m.decision = waiting.to_owned();
+        return;
+    };
+    let context = template_context(event);
+    // As the engine does: the auto-approval's cap first, then policy on the capped grant.
+    let decided = auto.decide(&context, &spec.scope, spec.duration);
+    if let Ok(g) = &decided {
+        spec.duration = g.duration;
+    }
+    let verdict = without_approver_rules(policy_at(mapping, event, &spec, &[], at));
+    m.auto_approve = Some(AutoApproveView {
+        enabled: true,
+        condition: Some(auto.condition_source().to_owned()),
+        condition_value: Some(match auto.evaluate_condition(&context) {
+            Ok(true) => "true",
+            Ok(false) => "false",
+            Err(_) => "error",
+        }),
+        scope_allowed: Some(auto.allows_scope(&spec.scope)),
+        max_duration: Some(format!("{:#}", auto.max_duration())),
+        policy: policy_checks(&verdict),
+    });
+    let granted = match decided {
+        Err(why) => Err(why),
+        Ok(_) if !verdict.allowed() => Err(verdict
+            .refusal()
+            .unwrap_or_else(|| "refused by policy".into())),
+        Ok(g) => Ok(g),
+    };
+    let g = match granted {
+        Ok(g) => g,
+        Err(why) => {
+            m.decision = format!("request: waits for a person because {why}");
+            return;
+        }
+    };
+    m.decision = format!(
+        "auto-approve: mapping {} approves it at once, without a person, for {:#}{}; applied \
+         through provider {}",
+        mapping.name(),
+        g.duration,
+        if g.capped {
+            format!(
+                " (capped at auto_approve.max_duration {:#})",
+                auto.max_duration()
+            )
+        } else {
+            String::new()
+        },
+        spec.provider
+    );
+    let mut ctx = writeback_ctx(event, &spec, GrantState::Approved, "");
+    push_writeback(m, mapping, GrantState::Approved, &ctx, None);
+    if let Some(obj) = ctx.as_object_mut() {
+        obj.insert(
+            "auto_approve".into(),
+            json!({"mapping": mapping.name(), "condition": auto.condition_source(),
+                   "max_duration": format!("{:#}", auto.max_duration())}),
+        );
+    }
+    match mapping.render_note(Note::AutoApproved, &ctx) {
+        Ok(Some(c)) => m
+            .writebacks
+            .push(json!({"comment": c, "note": Note::AutoApproved.as_str()})),
+        Ok(None) => {}
+        Err(e) => m.writebacks.push(json!({"error": e.to_string()})),
+    }
+}
+
+/// The names writeback templates see for a grant of `spec` entering `state`.
+fn writeback_ctx(
+    event: &TicketEvent,
+    spec: &GrantSpec,
+    state: GrantState,
+    reason: &str,
+) -> serde_json::Value {
     let mut ctx = template_context(event);
     if let Some(obj) = ctx.as_object_mut() {
         obj.insert(
@@ -245,7 +391,18 @@ fn explain_match(
         );
         obj.insert("reason".into(), json!(reason));
     }
-    match mapping.render_writeback(state, &ctx) {
+    ctx
+}
+
+/// Adds the writebacks `mapping` makes when a grant enters `state` (with the request's summary).
+fn push_writeback(
+    m: &mut MappingExplanation,
+    mapping: &Mapping,
+    state: GrantState,
+    ctx: &serde_json::Value,
+    summary: Option<&str>,
+) {
+    match mapping.render_writeback_with_summary(state, ctx, summary) {
         Ok(Some(t)) => {
             if let Some(c) = t.comment {
                 m.writebacks.push(json!({"comment": c}));
@@ -259,6 +416,18 @@ fn explain_match(
     }
 }
 
+fn policy_checks(verdict: &Verdict) -> Vec<PolicyCheck> {
+    verdict
+        .checks
+        .iter()
+        .map(|c| PolicyCheck {
+            rule: c.rule,
+            passed: c.passed,
+            detail: c.detail.clone(),
+        })
+        .collect()
+}
+
 fn grant_view(spec: &GrantSpec, mapping: &Mapping) -> GrantView {
     GrantView {
         subject: spec.subject.clone(),
@@ -269,31 +438,54 @@ fn grant_view(spec: &GrantSpec, mapping: &Mapping) -> GrantView {
         requested_duration: format!("{:#}", spec.requested),
         max_duration: format!("{:#}", mapping.max_duration()),
         capped_at_max_duration: spec.capped,
+        scope_definition: match mapping.policy().resolve_scope(&spec.scope) {
+            Ok(def) => def.describe(),
+            Err(why) => format!("not defined: {why}"),
+        },
     }
 }
 
-/// The policy verdict the engine would reach at `at`, with the delivery's actor as the approver.
-fn policy_at(mapping: &Mapping, event: &TicketEvent, spec: &GrantSpec, at: Timestamp) -> Verdict {
-    let approvers: Vec<_> = event.actor.iter().cloned().collect();
-    mapping.check_policy_at(
-        event,
-        &PolicyInput {
-            requester: event.requester.as_ref(),
-            approvers: &approvers,
-            subject: &spec.subject,
-            target: &spec.target,
-            scope: &spec.scope,
-            duration: spec.duration,
-        },
-        &Facts {
-            now: at,
-            // A dry run reads no store: limits are shown as if no other grant were live.
-            live_for_subject: Some(0),
-            live_for_target: Some(0),
-            approvers_from: ApproverSource::Confirmed,
-            unresolved_revoke: None,
-        },
-    )
+/// The delivery's actor, taken as the approver (the daemon asks the ITSM; see [`ASSUMPTIONS`]).
+fn approvers_of(event: &TicketEvent) -> Vec<Person> {
+    event.actor.iter().cloned().collect()
+}
+
+fn input<'a>(
+    event: &'a TicketEvent,
+    spec: &'a GrantSpec,
+    approvers: &'a [Person],
+) -> PolicyInput<'a> {
+    PolicyInput {
+        requester: event.requester.as_ref(),
+        approvers,
+        subject: &spec.subject,
+        target: &spec.target,
+        scope: &spec.scope,
+        duration: spec.duration,
+    }
+}
+
+fn facts(at: Timestamp) -> Facts {
+    Facts {
+        now: at,
+        // A dry run reads no store: limits are shown as if no other grant were live.
+        live_for_subject: Some(0),
+        live_for_target: Some(0),
+        approvers_from: ApproverSource::Confirmed,
+        // Nor can it see a failed revoke: the rule is shown as passing.
+        unresolved_revoke: None,
+    }
+}
+
+/// The policy verdict the engine would reach at `at` with these approvers.
+fn policy_at(
+    mapping: &Mapping,
+    event: &TicketEvent,
+    spec: &GrantSpec,
+    approvers: &[Person],
+    at: Timestamp,
+) -> Verdict {
+    mapping.check_policy_at(event, &input(event, spec, approvers), &facts(at))
 }
 
 /// A human-readable rendering of an explanation.
@@ -371,6 +563,9 @@ fn render_mapping(s: &mut String, m: &MappingExplanation) {
             }
         ));
     }
+    if let Some(g) = &m.grant {
+        s.push_str(&format!("    scope definition: {}\n", g.scope_definition));
+    }
     if let Some(c) = &m.confirmation {
         s.push_str(&format!("    confirmation: {c}\n"));
     }
@@ -382,8 +577,36 @@ fn render_mapping(s: &mut String, m: &MappingExplanation) {
             p.detail
         ));
     }
+    if let Some(a) = &m.auto_approve {
+        render_auto(s, a);
+    }
     s.push_str(&format!("    decision: {}\n", m.decision));
+    if let Some(r) = &m.renewal {
+        s.push_str(&format!("    renewal: {r}\n"));
+    }
     for w in &m.writebacks {
         s.push_str(&format!("    writeback: {w}\n"));
+    }
+}
+
+fn render_auto(s: &mut String, a: &AutoApproveView) {
+    if !a.enabled {
+        s.push_str("    auto-approve: not enabled for this mapping\n");
+        return;
+    }
+    s.push_str(&format!(
+        "    auto-approve: enabled | condition {} => {} | scope allowed by auto_approve.scopes: {} | max_duration {}\n",
+        a.condition.as_deref().unwrap_or_default(),
+        a.condition_value.unwrap_or_default(),
+        if a.scope_allowed == Some(true) { "yes" } else { "no" },
+        a.max_duration.as_deref().unwrap_or_default()
+    ));
+    for p in &a.policy {
+        s.push_str(&format!(
+            "    auto-approve policy {} {}: {}\n",
+            if p.passed { "PASS" } else { "FAIL" },
+            p.rule,
+            p.detail
+        ));
     }
 }

@@ -382,16 +382,7 @@ impl GrantService {
             store_scope_definition(&mut grant, def);
         }
         let blockers = self.check_before_approval(event, mapping, &spec).await?;
-        let summary = crate::policy::summary::summary_text(&crate::policy::summary::Summary {
-            subject: &spec.subject,
-            target: &spec.target,
-            scope: scope.as_ref().ok_or(spec.scope.as_str()),
-            duration: spec.duration,
-            asked: spec.capped.then_some(spec.requested),
-            approvers: mapping.policy().who_may_approve(),
-            approvals_needed: mapping.policy().approvals_needed(),
-            blockers: blockers.checks.iter().filter(|c| !c.passed).collect(),
-        });
+        let summary = mapping.request_summary(&spec, &blockers);
         let mut rows = Rows::default();
         rows.audit.push(self.audit_for(
             &grant,
@@ -1281,20 +1272,10 @@ impl GrantService {
         reason: Option<&str>,
         summary: Option<&str>,
     ) -> Vec<NewJob> {
-        let mut ctx = grant_writeback_context(grant, reason);
-        if let (Some(obj), Some(s)) = (ctx.as_object_mut(), summary) {
-            obj.insert("summary".into(), json!(s));
-        }
-        let texts = match mapping.render_writeback(grant.state, &ctx) {
+        let ctx = grant_writeback_context(grant, reason);
+        let texts = match mapping.render_writeback_with_summary(grant.state, &ctx, summary) {
             Ok(Some(t)) => t,
-            // No text of the mapping's own for this state (an explicit empty one stays silent).
-            Ok(None) => match summary {
-                Some(s) if !mapping.writes_back(grant.state) => crate::mapping::WritebackTexts {
-                    comment: Some(s.to_owned()),
-                    status: None,
-                },
-                _ => return Vec::new(),
-            },
+            Ok(None) => return Vec::new(),
             Err(e) => {
                 tracing::error!(grant = %grant.id, mapping = mapping.name(), error = %e, "writeback template failed; no writeback for this state");
                 return Vec::new();

@@ -429,6 +429,25 @@ fn check_scopes_and_groups(site: &mut Site<'_>, raw: &RawMapping, policy: &Polic
             );
         }
     }
+    // `Policy::compile` compares `min_approvals` with `approvers` only when no group is listed:
+    // the members of a group are known here, from the identity map.
+    if let (Some(n), Some(most)) = (
+        policy.min_approvals(),
+        policy.most_possible_approvers(&known.identities),
+    ) && policy.approver_groups().next().is_some()
+        && usize::try_from(n).unwrap_or(usize::MAX) > most
+    {
+        site.report(
+            "policy.min_approvals",
+            table.and_then(|t| t.get_ref().span("min_approvals", None)),
+            format!(
+                "{n} distinct approvers are required but `approvers` names at most {most} people \
+                 (its listed identities plus the members of its groups in the identity map), so \
+                 no request could ever pass; list more approvers, add people to the groups, or \
+                 lower min_approvals"
+            ),
+        );
+    }
 }
 
 /// Compiles one template into the mapping's environment, reporting a syntax error at its line.

@@ -570,6 +570,52 @@ impl Mapping {
         Ok(Some(WritebackTexts { comment, status }))
     }
 
+    /// [`Mapping::render_writeback`] for a request that has a summary comment: the summary is
+    /// offered to templates as `{{ summary }}`, and is itself the comment when the mapping sets
+    /// no writeback for `state` (an explicit empty one stays silent). The engine and `explain`
+    /// both call this, so a dry run shows the comment the daemon would write.
+    pub fn render_writeback_with_summary(
+        &self,
+        state: GrantState,
+        ctx: &serde_json::Value,
+        summary: Option<&str>,
+    ) -> Result<Option<WritebackTexts>, MappingError> {
+        let mut ctx = ctx.clone();
+        if let (Some(obj), Some(s)) = (ctx.as_object_mut(), summary) {
+            obj.insert("summary".into(), serde_json::json!(s));
+        }
+        Ok(match self.render_writeback(state, &ctx)? {
+            Some(t) => Some(t),
+            None => summary
+                .filter(|_| !self.writes_back(state))
+                .map(|s| WritebackTexts {
+                    comment: Some(s.to_owned()),
+                    status: None,
+                }),
+        })
+    }
+
+    /// The summary comment for a new request of `spec` (see [`crate::policy::summary`]):
+    /// `before_approval` is [`Mapping::check_before_approval`]'s verdict, whose failing checks
+    /// are what would block the request now.
+    pub fn request_summary(&self, spec: &GrantSpec, before_approval: &Verdict) -> String {
+        let scope = self.policy.resolve_scope(&spec.scope).ok();
+        crate::policy::summary::summary_text(&crate::policy::summary::Summary {
+            subject: &spec.subject,
+            target: &spec.target,
+            scope: scope.as_ref().ok_or(spec.scope.as_str()),
+            duration: spec.duration,
+            asked: spec.capped.then_some(spec.requested),
+            approvers: self.policy.who_may_approve(),
+            approvals_needed: self.policy.approvals_needed(),
+            blockers: before_approval
+                .checks
+                .iter()
+                .filter(|c| !c.passed)
+                .collect(),
+        })
+    }
+
     fn render(&self, template: &str, ctx: &minijinja::Value) -> Result<String, MappingError> {
         let render_error = |e: minijinja::Error| MappingError::Render {
             mapping: self.name.clone(),

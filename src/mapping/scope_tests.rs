@@ -142,6 +142,34 @@ fn group_approvers_must_exist_in_the_identity_map() {
 }
 
 #[test]
+fn min_approvals_above_the_people_approvers_and_their_groups_name_is_an_error_at_its_line() {
+    // `leads` has one member (Bob); with Carol listed, two people could approve at most.
+    let p = only_problem(&mapping(
+        "local-admin",
+        "approvers = [\"group:leads\", \"carol@example.com\"]\nmin_approvals = 3",
+    ));
+    assert_eq!(
+        (p.key.as_str(), p.line),
+        ("mapping[0].policy.min_approvals", Some(19))
+    );
+    assert!(
+        p.why
+            .contains("3 distinct approvers are required but `approvers` names at most 2 people"),
+        "{}",
+        p.why
+    );
+    assert!(p.why.contains("lower min_approvals"), "{}", p.why);
+    // As many as could approve is fine.
+    assert!(
+        load(&mapping(
+            "local-admin",
+            "approvers = [\"group:leads\", \"carol@example.com\"]\nmin_approvals = 2",
+        ))
+        .is_ok()
+    );
+}
+
+#[test]
 fn templates_see_the_directory_subject_of_each_person() {
     let set = load(&mapping("local-admin", "")).unwrap();
     let m = set.get("m").unwrap();

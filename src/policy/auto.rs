@@ -154,6 +154,15 @@ impl AutoApprove {
         self.scopes.matches(scope)
     }
 
+    /// The condition's value for the ticket's template `context` (for [`Self::decide`] and for
+    /// `explain`, which shows it on its own).
+    pub(crate) fn evaluate_condition(
+        &self,
+        context: &serde_json::Value,
+    ) -> Result<bool, ConditionFailure> {
+        self.condition.evaluate(&CelVariables::new(context))
+    }
+
     /// Whether this request qualifies for auto-approval, given the ticket's template `context`
     /// (as the ITSM confirmed it), the rendered `scope` and `duration` (already capped by the
     /// mapping). `Err` says, for the audit trail, why a person must approve it instead.
@@ -169,7 +178,7 @@ impl AutoApprove {
                 self.scopes.describe()
             ));
         }
-        match self.condition.evaluate(&CelVariables::new(context)) {
+        match self.evaluate_condition(context) {
             Ok(true) => {}
             Ok(false) => {
                 return Err(format!(

@@ -451,6 +451,39 @@ impl Policy {
             .filter_map(|(i, a)| a.strip_prefix(GROUP_PREFIX).map(|g| (i, g)))
     }
 
+    /// `min_approvals` as configured (`None` when the key is absent).
+    pub fn min_approvals(&self) -> Option<u32> {
+        self.min_approvals
+    }
+
+    /// At most how many distinct people could approve: the listed identities plus the members
+    /// of the listed `group:` groups in `identities` (an upper bound: a listed address may also
+    /// name a group member). `None` when `approvers` is empty: then anyone may approve. The
+    /// loader compares it with `min_approvals`, which [`Policy::compile`] cannot for groups.
+    pub fn most_possible_approvers(
+        &self,
+        identities: &crate::identity::IdentityMap,
+    ) -> Option<usize> {
+        if self.approvers.is_empty() {
+            return None;
+        }
+        let mut people: Vec<String> = Vec::new();
+        for entry in &self.approvers {
+            match entry.strip_prefix(GROUP_PREFIX) {
+                Some(group) => people.extend(
+                    identities
+                        .members(group)
+                        .into_iter()
+                        .map(|m| format!("{GROUP_PREFIX}member {}", m.to_lowercase())),
+                ),
+                None => people.push(entry.to_lowercase()),
+            }
+        }
+        people.sort();
+        people.dedup();
+        Some(people.len())
+    }
+
     /// Who may approve, in words for the summary comment: the listed people and groups (with
     /// their members from the identity map), or "anyone but the requester and the subject".
     pub fn who_may_approve(&self) -> String {

@@ -38,6 +38,46 @@ targets = ["SRV-*"]
 denied = { comment = "Server access refused: {{ reason }}." }
 "#;
 
+/// A mapping that auto-approves installing 7-Zip (an `app:` scope from the allow-list) for an
+/// hour at most, without a person; other software waits for an approver.
+const SOFTWARE_MAPPING: &str = r#"
+[[mapping]]
+name = "software-install"
+connector = "jira"
+when = 'ticket.type == "Software Install"'
+
+[mapping.grant]
+subject  = "{{ requester.email }}"
+target   = "{{ fields.customfield_10060 }}"
+scope    = "app:7zip"
+duration = "{{ fields.customfield_10070 | default('30m') }}"
+max_duration = "4h"
+provider = "endpoint-agent"
+
+[mapping.on]
+approve = { status = ["Approved"] }
+revoke  = { status = ["Done"] }
+
+[mapping.auto_approve]
+enabled = true
+condition = 'fields.customfield_10080 == "7-Zip"'
+scopes = ["app:*"]
+max_duration = "1h"
+
+[mapping.policy]
+requesters = ["*@example.com"]
+targets = ["WS-*"]
+scopes = ["app:*"]
+"#;
+
+/// The allow-list entry `app:7zip` resolves to.
+const ALLOW_LIST: &str = r#"
+[scopes.app.7zip]
+path = 'C:\Program Files\7-Zip\7z.exe'
+sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+args = ["x"]
+"#;
+
 /// Writes a complete configuration with a fixed Jira base URL into `dir`.
 fn write_fixed_config(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir.join("connectors")).unwrap();
@@ -53,7 +93,9 @@ url = "sqlite://data/jitbridge.db"
 kind = "webhook"
 url = "http://127.0.0.1:9/elevations"
 secret_env = "ELEVATION_WEBHOOK_SECRET"
-"#,
+"#
+        .to_owned()
+            + ALLOW_LIST,
     )
     .unwrap();
     std::fs::write(
@@ -90,8 +132,16 @@ fn approval(issue_type: &str, actor: &str, target: &str, duration: Value) -> Val
 
 /// Explains `payload` with the fixed configuration at `at`: (text, JSON).
 fn explain(payload: &Value, at: &str) -> (String, String) {
+    explain_with(payload, at, &[])
+}
+
+/// [`explain`] with `extra` mapping files (name, contents) added to the configuration.
+fn explain_with(payload: &Value, at: &str, extra: &[(&str, &str)]) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
     let config = write_fixed_config(dir.path());
+    for (name, text) in extra {
+        std::fs::write(dir.path().join("mappings").join(name), text).unwrap();
+    }
     let cfg = jitbridge::config::load(&config, &Default::default(), &secrets()).unwrap();
     let client = jitbridge::app::http_client().unwrap();
     let registry = jitbridge::connectors::Registry::build(&cfg.connectors, &client);
@@ -153,4 +203,88 @@ fn explain_shows_a_created_ticket_as_a_request_and_a_missing_field_as_a_when_err
     });
     let (text, _) = explain(&created, TUESDAY_MORNING);
     insta::assert_snapshot!("created_without_field_text", text);
+}
+
+/// A Jira `issue_created` delivery for software `software` on WS-0001, raised by Alice.
+fn software_request(software: &str, duration: &str) -> Value {
+    json!({
+        "timestamp": 1741940000000u64, "webhookEvent": "jira:issue_created",
+        "user": {"accountId": "u-alice", "emailAddress": "alice@example.com"},
+        "issue": {"id": "10236", "key": "ACCESS-89", "fields": {
+            "issuetype": {"name": "Software Install"}, "status": {"name": "Waiting for approval"},
+            "reporter": {"accountId": "u-alice", "emailAddress": "alice@example.com"},
+            "customfield_10060": "WS-0001", "customfield_10070": duration,
+            "customfield_10080": software}}
+    })
+}
+
+/// Explains `payload` with the software mapping (and its `app:7zip` scope) added.
+fn explain_software(payload: &Value) -> (String, String) {
+    explain_with(
+        payload,
+        TUESDAY_MORNING,
+        &[("c-software.toml", SOFTWARE_MAPPING)],
+    )
+}
+
+#[test]
+fn explain_shows_a_creation_the_mapping_auto_approves_with_its_summary_and_note() {
+    let (text, json) = explain_software(&software_request("7-Zip", "3h"));
+    assert!(
+        text.contains("auto-approve: mapping software-install approves it at once"),
+        "{text}"
+    );
+    assert!(
+        text.contains("for 1h (capped at auto_approve.max_duration 1h)"),
+        "{text}"
+    );
+    assert!(text.contains("Elevation request received."), "{text}");
+    assert!(text.contains("Auto-approved by jitbridge"), "{text}");
+    insta::assert_snapshot!("auto_approved_creation_text", text);
+    insta::assert_snapshot!("auto_approved_creation_json", json);
+}
+
+#[test]
+fn explain_shows_a_creation_whose_auto_approval_condition_is_false_waiting_for_a_person() {
+    let (text, _) = explain_software(&software_request("Some other tool", "30m"));
+    assert!(
+        text.contains("condition fields.customfield_10080 == \"7-Zip\" => false"),
+        "{text}"
+    );
+    assert!(
+        text.contains("waits for a person because the auto-approval condition"),
+        "{text}"
+    );
+    assert!(!text.contains("Auto-approved by jitbridge"), "{text}");
+    insta::assert_snapshot!("auto_approve_condition_false_text", text);
+}
+
+#[test]
+fn explain_shows_an_app_scope_grant_with_its_definition_and_what_a_renewal_would_do() {
+    let mut payload = approval("Software Install", "bob", "WS-0001", json!("2h"));
+    payload["issue"]["fields"]["customfield_10080"] = json!("Some other tool");
+    let (text, _) = explain_software(&payload);
+    assert!(
+        text.contains(
+            "scope definition: app:7zip (C:\\Program Files\\7-Zip\\7z.exe, SHA-256 9f86d081"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("renewal: if this ticket's grant is already active"),
+        "{text}"
+    );
+    insta::assert_snapshot!("app_scope_approval_text", text);
+}
+
+#[test]
+fn explain_says_a_reopen_into_an_approve_status_never_approves() {
+    let mut payload = approval("Elevation Request", "bob", "WS-0001", json!("1h"));
+    payload["changelog"]["items"][0]["fromString"] = json!("Done");
+    let (text, _) = explain(&payload, TUESDAY_MORNING);
+    assert!(
+        text.contains("decision: reopen never approves: status Approved is an approve status"),
+        "{text}"
+    );
+    assert!(!text.contains("decision: approve:"), "{text}");
 }
