@@ -1350,6 +1350,19 @@ impl GrantService {
         let (Outcome::Requested(id), Some(auto)) = (&outcome, mapping.auto_approve()) else {
             return Ok(outcome);
         };
+        if mapping.is_reopen(event) {
+            // The first event seen of a ticket may be its reopening (raised before jitbridge
+            // watched it): a reopen is never an approval, not even an automatic one.
+            return self
+                .auto_skipped(
+                    event,
+                    mapping,
+                    Some(*id),
+                    "a reopened ticket is never auto-approved; a person must approve it",
+                    None,
+                )
+                .await;
+        }
         let Some(grant) = self.store.get_grant(*id).await? else {
             return Ok(outcome);
         };

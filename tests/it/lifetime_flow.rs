@@ -11,7 +11,7 @@ use jitbridge_sim::jira::{FaultWindow, JiraSimConfig, NewIssue, Outage};
 use jitbridge_sim::receiver::CallKind;
 use serde_json::json;
 
-use crate::harness::{Harness, MAPPING, Options, eventually};
+use crate::harness::{Harness, MAPPING, Options, WEBHOOK_SECRET, eventually};
 
 /// The default JSM workflow plus what an extension process needs: an approver may extend a
 /// request in progress ("Extend": In Progress → Approved), an agent may ask for approval again
@@ -239,6 +239,41 @@ async fn a_reopen_never_approves_even_when_its_status_is_listed() {
     assert_eq!(grants[0].id, first.id);
     assert_eq!(grants[0].state, GrantState::Revoked);
     assert_eq!(applies(&h).await, 1);
+}
+
+#[tokio::test]
+async fn a_ticket_first_seen_when_reopened_is_never_auto_approved() {
+    let h = Harness::start_with_sim(
+        mapping_with("[mapping.policy]", AUTO),
+        JiraSimConfig::default(),
+    )
+    .await;
+    // Raised and cancelled while jitbridge was not yet watching: no delivery reaches it.
+    h.jira.clear_webhooks().await;
+    let key = raise_without_approvals(&h, "WS-0209", "30m").await;
+    h.jira
+        .transition_to(&key, "Cancelled", CAROL)
+        .await
+        .expect("cancel");
+    h.jira
+        .add_webhook(&h.webhook_url(), Some(WEBHOOK_SECRET))
+        .await;
+
+    // Its reopening is the first event jitbridge sees; the auto rule would otherwise cover it.
+    h.jira
+        .transition_to(&key, "Reopened", CAROL)
+        .await
+        .expect("reopen");
+    wait_audit(
+        &h,
+        "auto_approve.skipped",
+        &key,
+        "reopened ticket is never auto-approved",
+    )
+    .await;
+    h.settle().await;
+    assert_eq!(h.grants(&key).await[0].state, GrantState::Requested);
+    assert_eq!(applies(&h).await, 0);
 }
 
 /// A request Bob approved in JSM, granted and in progress, which the agent then sends back for
