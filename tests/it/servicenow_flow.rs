@@ -691,6 +691,8 @@ async fn rate_limited_table_api_is_waited_out_and_writebacks_arrive_once_in_orde
     let h = Snow::start().await;
     let number = h.raise(ALICE, "WS-0100", "3s", &[BOB]).await;
     h.wait_state(&number, GrantState::Requested).await;
+    // The request's summary note lands before the counting starts (it is not counted below).
+    h.wait_note(&number, "Elevation request received").await;
     // An inbound REST rate-limit rule on the integration user: 4 requests per 2 s (an hour on a
     // real instance). A confirmation takes 4 reads, so every writeback in the same window and
     // some reads meet 429 + Retry-After + X-RateLimit-*.
