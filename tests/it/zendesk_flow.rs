@@ -335,6 +335,11 @@ async fn approved_ticket_is_granted_noted_and_revoked_at_its_deadline() {
         writes[1].starts_with("comment:Local admin granted"),
         "{writes:?}"
     );
+    // Each note ends with its marker, which `[writeback.exists]` looks for before a re-post.
+    assert!(
+        writes[1].ends_with(":active:comment") && writes[1].contains("\n\njitbridge:"),
+        "{writes:?}"
+    );
     assert_eq!(writes[2], "status:open");
     assert!(
         writes[3].starts_with("comment:Local admin on WS-0042 expired"),
