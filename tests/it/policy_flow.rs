@@ -120,6 +120,8 @@ async fn second_concurrent_grant_for_one_subject_is_refused_until_the_first_ends
             .await
     );
 
+    // Jira offers "Done" only from "In Progress", which the `active` writeback sets.
+    h.wait_status(&first, "In Progress").await;
     // The first grant ends; now a new request is granted.
     h.jira
         .transition_to(&first, "Done", CAROL)

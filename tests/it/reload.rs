@@ -154,6 +154,8 @@ async fn removing_the_provider_of_an_active_grant_is_refused_naming_the_grant_an
         "{text}"
     );
 
+    // Jira offers "Done" only from "In Progress", which the `active` writeback sets.
+    h.wait_status(&key, "In Progress").await;
     // The old configuration is still in force: ending the ticket revokes through the old provider.
     h.jira
         .transition_to(&key, "Done", CAROL)

@@ -128,6 +128,8 @@ async fn unresolved_revoke_refuses_new_grants_on_its_target_until_the_revoke_com
     let first = h.raise(ALICE, "WS-0104", "2h", &[BOB]).await;
     h.jira.approve(&first, BOB).await.expect("approve");
     h.wait_state(&first, GrantState::Active).await;
+    // Jira offers "Done" only from "In Progress", which the `active` writeback sets.
+    h.wait_status(&first, "In Progress").await;
     h.receiver.set_down(true).await;
     h.jira
         .transition_to(&first, "Done", CAROL)
