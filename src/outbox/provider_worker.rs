@@ -4,6 +4,7 @@
 //! `revoke_alarm_after` failures the grant turns `revoke_failed` (alarm) and retries continue at
 //! a capped interval until the provider confirms.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use crate::grants::service::{GrantService, ServiceError};
 use crate::grants::{Grant, GrantState};
 use crate::providers::{ProviderAction, call_for};
 use crate::store::{Job, Lane};
+use uuid::Uuid;
 
 /// How long a claimed provider job is leased (longer than any provider timeout).
 const LEASE: SignedDuration = SignedDuration::from_secs(120);
@@ -91,9 +93,11 @@ impl ProviderWorker {
     /// Runs the claimed jobs' provider calls concurrently (bounded), then records every
     /// confirmed revoke of an ending grant in one batch commit.
     async fn handle_batch(&self, jobs: Vec<Job>) {
+        let grants = self.read_grants(&jobs).await;
+        let grants = &grants;
         let handled: Vec<(Job, Result<Handled, ServiceError>)> =
             futures::stream::iter(jobs.into_iter().map(|job| async move {
-                let result = self.try_handle(&job).await;
+                let result = self.try_handle(&job, grants).await;
                 (job, result)
             }))
             .buffer_unordered(CONCURRENCY)
@@ -141,7 +145,28 @@ impl ProviderWorker {
         }
     }
 
-    async fn try_handle(&self, job: &Job) -> Result<Handled, ServiceError> {
+    /// The grants of the claimed jobs, read together (one query instead of one per job). A
+    /// grant missing here, or all of them if the read fails, is read again by its own job.
+    async fn read_grants(&self, jobs: &[Job]) -> HashMap<Uuid, Grant> {
+        let ids: Vec<Uuid> = jobs
+            .iter()
+            .filter_map(|job| serde_json::from_value::<ProviderJob>(job.payload.clone()).ok())
+            .map(|payload| payload.grant_id)
+            .collect();
+        match self.service.store().get_grants(&ids).await {
+            Ok(grants) => grants.into_iter().map(|g| (g.id, g)).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the claimed jobs' grants together; reading them one by one");
+                HashMap::new()
+            }
+        }
+    }
+
+    async fn try_handle(
+        &self,
+        job: &Job,
+        grants: &HashMap<Uuid, Grant>,
+    ) -> Result<Handled, ServiceError> {
         let store = self.service.store();
         let payload: ProviderJob = match serde_json::from_value(job.payload.clone()) {
             Ok(p) => p,
@@ -156,7 +181,11 @@ impl ProviderWorker {
                 return Ok(Handled::Recorded);
             }
         };
-        let Some(grant) = store.get_grant(payload.grant_id).await? else {
+        let grant = match grants.get(&payload.grant_id) {
+            Some(grant) => Some(grant.clone()),
+            None => store.get_grant(payload.grant_id).await?,
+        };
+        let Some(grant) = grant else {
             store
                 .dead_letter_job(job.id, job.attempts, "grant not found")
                 .await?;

@@ -599,6 +599,91 @@ pub(super) async fn a_batch_commit_fails_only_its_conflicting_member_and_chains_
     assert!(store.commit_many(vec![]).await.is_empty());
 }
 
+/// The members that fail *after* their grant row was written (a job they complete is gone, a
+/// job id already used) are undone alone too; the rest commit with a chain that verifies.
+pub(super) async fn a_batch_member_failing_after_its_grant_row_is_undone_alone(store: &Fixture) {
+    let a = grant("94", "laptop-admin", GrantState::Requested);
+    let b = grant("95", "laptop-admin", GrantState::Requested);
+    let c = grant("96", "laptop-admin", GrantState::Requested);
+    let d = grant("97", "laptop-admin", GrantState::Requested);
+    for g in [&a, &b, &c, &d] {
+        store.commit(insert(g)).await.unwrap();
+    }
+    let before = all_audit(&**store).await.len();
+    let used = job(Lane::Provider, &a.id.to_string(), 0);
+    let mut approve_a = transition(&a, GrantState::Approved);
+    approve_a.jobs = vec![used.clone()];
+    let mut missing_job = transition(&b, GrantState::Approved);
+    missing_job.complete_job = Some(Uuid::now_v7());
+    let mut reused_job = transition(&c, GrantState::Approved);
+    reused_job.jobs = vec![used];
+    // A second live grant for a's ticket is refused by the database itself.
+    let mut twin = grant("94", "laptop-admin", GrantState::Requested);
+    twin.ticket = a.ticket.clone();
+    let approve_d = transition(&d, GrantState::Approved);
+
+    let results = store
+        .commit_many(vec![
+            approve_a,
+            missing_job,
+            reused_job,
+            insert(&twin),
+            approve_d,
+        ])
+        .await;
+
+    assert!(results[0].is_ok() && results[4].is_ok(), "{results:?}");
+    for (n, what) in [
+        (1, "does not exist"),
+        (2, "already exists"),
+        (3, "live grant"),
+    ] {
+        assert!(
+            matches!(&results[n], Err(StoreError::Conflict(m)) if m.contains(what)),
+            "member {n}: {:?}",
+            results[n]
+        );
+    }
+    let state = |g: &Grant| {
+        let id = g.id;
+        async move { store.get_grant(id).await.unwrap().unwrap().state }
+    };
+    assert_eq!(state(&a).await, GrantState::Approved);
+    assert_eq!(state(&b).await, GrantState::Requested);
+    assert_eq!(state(&c).await, GrantState::Requested);
+    assert_eq!(state(&d).await, GrantState::Approved);
+    assert_eq!(store.get_grant(twin.id).await.unwrap(), None);
+    assert_eq!(job_count(store).await, 1, "only a's job");
+    let records = all_audit(&**store).await;
+    let kinds: Vec<_> = records[before..]
+        .iter()
+        .map(|r| (r.record.kind.as_str(), r.record.grant_id))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("grant.approved", Some(a.id)),
+            ("grant.approved", Some(d.id))
+        ]
+    );
+    assert!(verify_chain((0, GENESIS_HASH.to_owned()), &records).is_ok());
+}
+
+pub(super) async fn grants_are_read_together_by_id_and_unknown_ids_are_left_out(store: &Fixture) {
+    let a = grant("98", "laptop-admin", GrantState::Requested);
+    let b = grant("99", "laptop-admin", GrantState::Requested);
+    for g in [&a, &b] {
+        store.commit(insert(g)).await.unwrap();
+    }
+    let mut found = store
+        .get_grants(&[b.id, Uuid::now_v7(), a.id])
+        .await
+        .unwrap();
+    found.sort_by_key(|g| g.id);
+    assert_eq!(found, vec![a.clone(), b.clone()]);
+    assert!(store.get_grants(&[]).await.unwrap().is_empty());
+}
+
 pub(super) async fn finishing_deliveries_in_a_batch_fails_only_those_no_longer_pending(
     store: &Fixture,
 ) {
@@ -1687,6 +1772,8 @@ conformance!(
     commit_is_atomic_a_conflict_leaves_no_audit_rows_and_no_jobs,
     commit_completes_the_job_that_caused_it,
     a_batch_commit_fails_only_its_conflicting_member_and_chains_the_rest_in_order,
+    a_batch_member_failing_after_its_grant_row_is_undone_alone,
+    grants_are_read_together_by_id_and_unknown_ids_are_left_out,
     finishing_deliveries_in_a_batch_fails_only_those_no_longer_pending,
     second_live_grant_for_the_same_ticket_conflicts_until_the_first_is_terminal,
     live_grants_are_counted_by_subject_and_by_target_across_tickets,

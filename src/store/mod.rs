@@ -279,6 +279,15 @@ pub trait Store: Send + Sync + 'static {
         results
     }
     async fn get_grant(&self, id: Uuid) -> Result<Option<Grant>, StoreError>;
+    /// The grants with these ids, in any order; unknown ids are left out. One read where the
+    /// backend can: the provider worker looks up the grants of a whole claimed batch at once.
+    async fn get_grants(&self, ids: &[Uuid]) -> Result<Vec<Grant>, StoreError> {
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            found.extend(self.get_grant(*id).await?);
+        }
+        Ok(found)
+    }
     /// The non-terminal grant for (connector, ticket id, mapping), if any.
     async fn live_grant(
         &self,

@@ -607,6 +607,20 @@ impl Store for PgStore {
         self.reads().get_grant(id).await
     }
 
+    async fn get_grants(&self, ids: &[Uuid]) -> Result<Vec<Grant>, StoreError> {
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            grant_columns!(),
+            " FROM grants WHERE id = ANY($1)"
+        ))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(rows::grant).collect()
+    }
+
     async fn live_grant(
         &self,
         connector: &str,

@@ -18,6 +18,7 @@
 //!
 //! The schema lives in `migrations/sqlite/` and is embedded at compile time.
 
+mod gate;
 mod ingest;
 
 pub use ingest::{GroupCommit, IngestStats};
@@ -32,7 +33,7 @@ use jiff::{SignedDuration, Timestamp};
 use sqlx::error::ErrorKind;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlSafeStr, SqliteConnection, SqlitePool, SqliteTransaction};
+use sqlx::{Row, SqlSafeStr, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use crate::audit::{AuditRecord, GENESIS_HASH, NewAudit, chain_hash};
@@ -60,13 +61,23 @@ const MAX_ERROR_BYTES: usize = 2000;
 
 /// The SQLite schema, embedded so the binary needs no migration files at run time.
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "init".into(),
-        MigrationType::Simple,
-        include_str!("../../migrations/sqlite/0001_init.sql").into_sql_str(),
-        false,
-    )])
+    Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            "init".into(),
+            MigrationType::Simple,
+            include_str!("../../migrations/sqlite/0001_init.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            2,
+            "claim and policy indexes".into(),
+            MigrationType::Simple,
+            include_str!("../../migrations/sqlite/0002_claim_and_policy_indexes.sql")
+                .into_sql_str(),
+            false,
+        ),
+    ])
 }
 
 /// Tuning knobs of the SQLite store, separate from the path and clock so the daemon can keep
@@ -97,6 +108,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// The group-commit writer every `insert_delivery` goes through.
     ingest: ingest::Ingest,
+    /// Every write of this process waits here for its turn (FIFO) before taking SQLite's lock.
+    gate: gate::WriteGate,
     /// Where new job rows get their `created_at` (the backlog-age metric); injectable so
     /// simulated time in tests gives meaningful ages.
     clock: SharedClock,
@@ -166,8 +179,10 @@ impl SqliteStore {
             .map_err(|e| migrate_error(path, e))?;
 
         let instance_lock = Arc::new(instance_lock);
+        let gate = gate::WriteGate::new(tuning.busy_timeout);
         let ingest = ingest::Ingest::start(
             pool.clone(),
+            gate.clone(),
             tuning.group_commit,
             ACQUIRE_TIMEOUT,
             instance_lock.clone(),
@@ -175,6 +190,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             pool,
             ingest,
+            gate,
             clock,
             path: path.to_path_buf(),
             _instance_lock: instance_lock,
@@ -221,12 +237,10 @@ impl SqliteStore {
         }
     }
 
-    /// Starts a transaction holding SQLite's write lock from its first statement.
-    async fn begin_immediate(&self) -> Result<SqliteTransaction<'static>, StoreError> {
-        self.pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_error)
+    /// Waits for this process's write turn, then starts a transaction holding SQLite's write
+    /// lock from its first statement.
+    async fn begin_immediate(&self) -> Result<gate::WriteTx, StoreError> {
+        self.gate.begin(&self.pool).await
     }
 
     /// Reads the state of a job, to explain why an update matched no row.
@@ -401,11 +415,17 @@ async fn mark_job_done(conn: &mut SqliteConnection, id: Uuid, at: i64) -> Result
     Ok(())
 }
 
+/// Rows per multi-row INSERT: far below SQLite's limit on bound parameters (32,766), large
+/// enough that a batch of hundreds of rows costs a handful of statements instead of one each.
+const ROWS_PER_INSERT: usize = 200;
+/// Grant rows per batched UPDATE (25 parameters each).
+const ROWS_PER_UPDATE: usize = 200;
+
 /// Appends `records` to the audit chain inside the caller's (write-locked) transaction:
 /// reads the chain head there, so no other writer can fork it.
 async fn append_chained(
     conn: &mut SqliteConnection,
-    records: &[NewAudit],
+    records: &[&NewAudit],
 ) -> Result<(), StoreError> {
     if records.is_empty() {
         return Ok(());
@@ -421,37 +441,91 @@ async fn append_chained(
         ),
         None => (0, GENESIS_HASH.to_owned()),
     };
-    for record in records {
+    let mut chained = Vec::with_capacity(records.len());
+    for &record in records {
         // Hash exactly what will read back: instants are stored to the millisecond.
         let mut record = record.clone();
         record.at = at_storage_precision(record.at);
         seq += 1;
         let hash = chain_hash(&prev_hash, seq, &record);
         let detail = to_json("audit detail", &record.detail)?;
-        sqlx::query(
+        chained.push((
+            seq,
+            record,
+            detail,
+            std::mem::replace(&mut prev_hash, hash.clone()),
+            hash,
+        ));
+    }
+    for chunk in chained.chunks(ROWS_PER_INSERT) {
+        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO audit (seq, at, kind, grant_id, connector, ticket_key, actor, detail, \
-             prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(seq)
-        .bind(ms(record.at))
-        .bind(record.kind.as_str())
-        .bind(record.grant_id.map(|id| id.to_string()))
-        .bind(record.connector.as_deref())
-        .bind(record.ticket_key.as_deref())
-        .bind(record.actor.as_deref())
-        .bind(detail)
-        .bind(prev_hash.as_str())
-        .bind(hash.as_str())
-        .execute(&mut *conn)
-        .await
-        .map_err(db_error)?;
-        prev_hash = hash;
+             prev_hash, hash) ",
+        );
+        insert.push_values(chunk, |mut row, (seq, record, detail, prev_hash, hash)| {
+            row.push_bind(*seq)
+                .push_bind(ms(record.at))
+                .push_bind(record.kind.as_str())
+                .push_bind(record.grant_id.map(|id| id.to_string()))
+                .push_bind(record.connector.as_deref())
+                .push_bind(record.ticket_key.as_deref())
+                .push_bind(record.actor.as_deref())
+                .push_bind(detail.as_str())
+                .push_bind(prev_hash.as_str())
+                .push_bind(hash.as_str());
+        });
+        insert.build().execute(&mut *conn).await.map_err(db_error)?;
+    }
+    Ok(())
+}
+
+/// Inserts `jobs` (pending, unleased) in order inside the caller's transaction, a few
+/// statements for any number of jobs. Any failure (e.g. an id already used) fails them all.
+async fn insert_jobs(
+    conn: &mut SqliteConnection,
+    jobs: &[&NewJob],
+    created_at: i64,
+) -> Result<(), StoreError> {
+    let payloads = jobs
+        .iter()
+        .map(|job| to_json("job payload", &job.payload))
+        .collect::<Result<Vec<_>, _>>()?;
+    let rows: Vec<(&NewJob, String)> = jobs.iter().copied().zip(payloads).collect();
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO jobs (id, lane, queue_key, payload, state, attempts, next_at, created_at) ",
+        );
+        insert.push_values(chunk, |mut row, (job, payload)| {
+            row.push_bind(job.id.to_string())
+                .push_bind(job.lane.as_str())
+                .push_bind(job.queue_key.as_str())
+                .push_bind(payload.as_str())
+                .push_bind("pending")
+                .push_bind(0_i32)
+                .push_bind(ms(job.not_before))
+                .push_bind(created_at);
+        });
+        insert.build().execute(&mut *conn).await.map_err(db_error)?;
     }
     Ok(())
 }
 
 /// Writes one grant transition (see [`Commit`]) inside the caller's write-locked transaction.
 async fn write_commit(conn: &mut SqliteConnection, c: &Commit, now: i64) -> Result<(), StoreError> {
+    write_grant_row(&mut *conn, c).await?;
+    let audit: Vec<&NewAudit> = c.audit.iter().collect();
+    append_chained(&mut *conn, &audit).await?;
+    for job in &c.jobs {
+        insert_job(&mut *conn, job, now).await?;
+    }
+    if let Some(job) = c.complete_job {
+        mark_job_done(&mut *conn, job, now).await?;
+    }
+    Ok(())
+}
+
+/// Inserts or updates (at the expected version) the grant row of `c`, and nothing else.
+async fn write_grant_row(conn: &mut SqliteConnection, c: &Commit) -> Result<(), StoreError> {
     let g = &c.grant;
     if g.state == GrantState::Active && g.expires_at.is_none() {
         return Err(StoreError::Corrupt(format!(
@@ -513,14 +587,162 @@ async fn write_commit(conn: &mut SqliteConnection, c: &Commit, now: i64) -> Resu
         }
     }
 
-    append_chained(&mut *conn, &c.audit).await?;
-    for job in &c.jobs {
-        insert_job(&mut *conn, job, now).await?;
-    }
-    if let Some(job) = c.complete_job {
-        mark_job_done(&mut *conn, job, now).await?;
-    }
     Ok(())
+}
+
+/// Updates the grant rows of a batch's version-checked transitions with one statement per
+/// [`ROWS_PER_UPDATE`] rows (`UPDATE … FROM (VALUES …) … RETURNING id`), instead of one each.
+/// Answers per commit: `Some(Ok)` updated, `Some(Err(Conflict))` its version had moved on (or
+/// the row is gone), `None` left for the caller to write one by one (inserts, and every commit
+/// of a batch that touches one grant twice, whose order matters).
+async fn update_grant_rows(
+    conn: &mut SqliteConnection,
+    commits: &[Commit],
+) -> Result<Vec<Option<Result<(), StoreError>>>, StoreError> {
+    let mut results: Vec<Option<Result<(), StoreError>>> = commits.iter().map(|_| None).collect();
+    let mut seen = std::collections::HashSet::with_capacity(commits.len());
+    if !commits.iter().all(|c| seen.insert(c.grant.id)) {
+        return Ok(results);
+    }
+    let mut updates = Vec::with_capacity(commits.len());
+    for (n, c) in commits.iter().enumerate() {
+        let Some(expected) = c.expected_version else {
+            continue;
+        };
+        if c.grant.state == GrantState::Active && c.grant.expires_at.is_none() {
+            continue; // refused with its own error by the row-by-row write
+        }
+        match GrantColumns::new(&c.grant) {
+            Ok(columns) => updates.push((n, columns, expected)),
+            Err(e) => results[n] = Some(Err(e)),
+        }
+    }
+    for chunk in updates.chunks(ROWS_PER_UPDATE) {
+        let mut update = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "UPDATE grants SET connector = v.column2, ticket_id = v.column3, \
+             ticket_key = v.column4, ticket_url = v.column5, mapping = v.column6, \
+             state = v.column7, subject = v.column8, target = v.column9, scope = v.column10, \
+             provider = v.column11, duration_secs = v.column12, requester = v.column13, \
+             approvers = v.column14, requested_at = v.column15, approved_at = v.column16, \
+             starts_at = v.column17, expires_at = v.column18, ended_at = v.column19, \
+             revoke_cause = v.column20, reason = v.column21, last_event_at = v.column22, \
+             context = v.column23, version = v.column24 FROM (",
+        );
+        update.push_values(chunk, |mut row, (_, columns, expected)| {
+            let g = columns.grant;
+            row.push_bind(g.id.to_string())
+                .push_bind(g.ticket.connector.as_str())
+                .push_bind(g.ticket.id.as_str())
+                .push_bind(g.ticket.key.as_str())
+                .push_bind(g.ticket.url.as_deref())
+                .push_bind(g.mapping.as_str())
+                .push_bind(g.state.as_str())
+                .push_bind(g.subject.as_str())
+                .push_bind(g.target.as_str())
+                .push_bind(g.scope.as_str())
+                .push_bind(g.provider.as_str())
+                .push_bind(g.duration.as_secs())
+                .push_bind(columns.requester.as_deref())
+                .push_bind(columns.approvers.as_str())
+                .push_bind(ms(g.requested_at))
+                .push_bind(g.approved_at.map(ms))
+                .push_bind(g.starts_at.map(ms))
+                .push_bind(g.expires_at.map(ms))
+                .push_bind(g.ended_at.map(ms))
+                .push_bind(g.revoke_cause.map(rows::revoke_cause_str))
+                .push_bind(g.reason.as_deref())
+                .push_bind(ms(g.last_event_at))
+                .push_bind(columns.context.as_str())
+                .push_bind(g.version)
+                .push_bind(*expected);
+        });
+        update.push(
+            ") AS v WHERE grants.id = v.column1 AND grants.version = v.column25 \
+             RETURNING grants.id",
+        );
+        let updated: Vec<String> = update
+            .build_query_scalar()
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db_error)?;
+        let updated: std::collections::HashSet<String> = updated.into_iter().collect();
+        for (n, columns, expected) in chunk {
+            let id = columns.grant.id;
+            results[*n] = Some(if updated.contains(&id.to_string()) {
+                Ok(())
+            } else {
+                Err(StoreError::Conflict(format!(
+                    "grant {id} is no longer at version {expected} (changed or missing)"
+                )))
+            });
+        }
+    }
+    Ok(results)
+}
+
+/// The fast path of [`Store::commit_many`], for the usual batch where nothing conflicts: every
+/// grant row first (a commit whose row is refused, e.g. a version that moved on, wrote nothing
+/// and gets its own error), then the audit records of the commits that went through with one
+/// chain-head read and multi-row inserts, their jobs likewise, and the jobs they complete with
+/// one UPDATE. No savepoints. Any other failure returns `Err`; the caller then rolls back and
+/// redoes the batch one savepoint per commit, which pins each failure on its own commit.
+async fn write_batch_fast(
+    conn: &mut SqliteConnection,
+    commits: &[Commit],
+    now: i64,
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let mut results = update_grant_rows(&mut *conn, commits).await?;
+    for (c, result) in commits.iter().zip(results.iter_mut()) {
+        if result.is_some() {
+            continue;
+        }
+        *result = match write_grant_row(&mut *conn, c).await {
+            Ok(()) => Some(Ok(())),
+            // SQLite undid only the refused statement; the transaction goes on.
+            Err(e @ (StoreError::Conflict(_) | StoreError::Corrupt(_))) => Some(Err(e)),
+            Err(e) => return Err(e),
+        };
+    }
+    let results: Vec<Result<(), StoreError>> = results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(StoreError::Corrupt("grant row not written".into()))))
+        .collect();
+    let written: Vec<&Commit> = commits
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| r.is_ok())
+        .map(|(c, _)| c)
+        .collect();
+    let audit: Vec<&NewAudit> = written.iter().flat_map(|c| &c.audit).collect();
+    append_chained(&mut *conn, &audit).await?;
+    let jobs: Vec<&NewJob> = written.iter().flat_map(|c| &c.jobs).collect();
+    insert_jobs(&mut *conn, &jobs, now).await?;
+    let mut done: Vec<String> = written
+        .iter()
+        .filter_map(|c| c.complete_job)
+        .map(|id| id.to_string())
+        .collect();
+    done.sort_unstable();
+    done.dedup();
+    for chunk in done.chunks(ROWS_PER_INSERT) {
+        let mut update = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "UPDATE jobs SET state = 'done', claimed_by = NULL, claimed_until = NULL, \
+             finished_at = COALESCE(finished_at, ",
+        );
+        update.push_bind(now).push(") WHERE id IN (");
+        let mut ids = update.separated(", ");
+        for id in chunk {
+            ids.push_bind(id.as_str());
+        }
+        update.push(")");
+        let marked = update.build().execute(&mut *conn).await.map_err(db_error)?;
+        if marked.rows_affected() != chunk.len() as u64 {
+            return Err(StoreError::Conflict(
+                "a job completed by this batch does not exist".to_owned(),
+            ));
+        }
+    }
+    Ok(results)
 }
 
 /// Marks a pending delivery processed or rejected on `conn`; `Conflict` when it is not pending.
@@ -607,11 +829,7 @@ impl Store for SqliteStore {
 
     async fn release_stale_leases(&self) -> Result<u64, StoreError> {
         // Only the holder of the `.lock` file gets here, so no other process can own a lease.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_error)?;
+        let mut tx = self.begin_immediate().await?;
         let deliveries = sqlx::query("UPDATE deliveries SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by IS NOT NULL")
             .execute(&mut *tx)
             .await
@@ -626,7 +844,7 @@ impl Store for SqliteStore {
         .await
         .map_err(db_error)?
         .rows_affected();
-        tx.commit().await.map_err(db_error)?;
+        tx.commit().await?;
         Ok(deliveries + jobs)
     }
 
@@ -677,12 +895,13 @@ impl Store for SqliteStore {
             .iter()
             .map(rows::delivery)
             .collect::<Result<Vec<_>, _>>()?;
-        tx.commit().await.map_err(db_error)?;
+        tx.commit().await?;
         claimed.sort_by_key(|d| (d.received_at, d.id));
         Ok(claimed)
     }
 
     async fn finish_delivery(&self, id: Uuid, outcome: DeliveryOutcome) -> Result<(), StoreError> {
+        let _turn = self.gate.turn().await?;
         let mut conn = self.pool.acquire().await.map_err(db_error)?;
         write_finish(&mut conn, id, &outcome, ms(self.clock.now())).await
     }
@@ -701,12 +920,49 @@ impl Store for SqliteStore {
             Ok(tx) => tx,
             Err(e) => return outcomes.iter().map(|_| Err(same_error(&e))).collect(),
         };
+        // The processed ones (nearly all) with a few statements; whatever those did not mark
+        // (rejections, rows no longer pending) one by one, which also explains the failures.
+        let processed: Vec<String> = outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, DeliveryOutcome::Processed))
+            .map(|(id, _)| id.to_string())
+            .collect();
+        let mut marked = std::collections::HashSet::with_capacity(processed.len());
+        for chunk in processed.chunks(ROWS_PER_INSERT) {
+            let mut update = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "UPDATE deliveries SET state = 'processed', claimed_by = NULL, \
+                 claimed_until = NULL, finished_at = ",
+            );
+            update
+                .push_bind(now)
+                .push(" WHERE state = 'pending' AND id IN (");
+            let mut ids = update.separated(", ");
+            for id in chunk {
+                ids.push_bind(id.as_str());
+            }
+            update.push(") RETURNING id");
+            match update
+                .build_query_scalar::<String>()
+                .fetch_all(&mut *tx)
+                .await
+            {
+                Ok(ids) => marked.extend(ids),
+                Err(e) => {
+                    let e = db_error(e);
+                    return outcomes.iter().map(|_| Err(same_error(&e))).collect();
+                }
+            }
+        }
         let mut results = Vec::with_capacity(outcomes.len());
         for (id, outcome) in &outcomes {
+            if matches!(outcome, DeliveryOutcome::Processed) && marked.remove(&id.to_string()) {
+                results.push(Ok(()));
+                continue;
+            }
             // One UPDATE is atomic on its own, so no savepoint is needed.
             results.push(write_finish(&mut tx, *id, outcome, now).await);
         }
-        if let Err(e) = tx.commit().await.map_err(db_error) {
+        if let Err(e) = tx.commit().await {
             return outcomes.iter().map(|_| Err(same_error(&e))).collect();
         }
         results
@@ -718,6 +974,7 @@ impl Store for SqliteStore {
         not_before: Timestamp,
         error: &str,
     ) -> Result<(), StoreError> {
+        let _turn = self.gate.turn().await?;
         let done = sqlx::query(
             "UPDATE deliveries SET next_at = $2, last_error = $3, claimed_by = NULL, \
              claimed_until = NULL WHERE id = $1 AND state = 'pending'",
@@ -740,16 +997,34 @@ impl Store for SqliteStore {
         let now = ms(self.clock.now());
         let mut tx = self.begin_immediate().await?;
         write_commit(&mut tx, &c, now).await?;
-        tx.commit().await.map_err(db_error)
+        tx.commit().await
     }
 
-    /// One transaction, one savepoint per commit: a commit that fails is rolled back to its
-    /// savepoint alone; the rest become durable together with one fsync.
+    /// One transaction and one fsync for the batch. Tried first without savepoints (a few
+    /// statements per batch, see `write_batch_fast`); if anything but a refused grant row goes
+    /// wrong, redone with one savepoint per commit, so a commit that fails is rolled back alone.
     async fn commit_many(&self, commits: Vec<Commit>) -> Vec<Result<(), StoreError>> {
         if commits.is_empty() {
             return Vec::new();
         }
         let now = ms(self.clock.now());
+        let mut tx = match self.begin_immediate().await {
+            Ok(tx) => tx,
+            Err(e) => return commits.iter().map(|_| Err(same_error(&e))).collect(),
+        };
+        match write_batch_fast(&mut tx, &commits, now).await {
+            Ok(results) => {
+                return match tx.commit().await {
+                    Ok(()) => results,
+                    Err(e) => commits.iter().map(|_| Err(same_error(&e))).collect(),
+                };
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, commits = commits.len(), "batch commit redone one savepoint per commit");
+                // Dropping the transaction rolls the fast attempt back.
+                drop(tx);
+            }
+        }
         let mut tx = match self.begin_immediate().await {
             Ok(tx) => tx,
             Err(e) => return commits.iter().map(|_| Err(same_error(&e))).collect(),
@@ -762,7 +1037,7 @@ impl Store for SqliteStore {
                 Err(e) => return commits.iter().map(|_| Err(same_error(&e))).collect(),
             }
         }
-        if let Err(e) = tx.commit().await.map_err(db_error) {
+        if let Err(e) = tx.commit().await {
             return commits.iter().map(|_| Err(same_error(&e))).collect();
         }
         results
@@ -770,6 +1045,20 @@ impl Store for SqliteStore {
 
     async fn get_grant(&self, id: Uuid) -> Result<Option<Grant>, StoreError> {
         self.reads().get_grant(id).await
+    }
+
+    async fn get_grants(&self, ids: &[Uuid]) -> Result<Vec<Grant>, StoreError> {
+        let ids = serde_json::Value::from(ids.iter().map(Uuid::to_string).collect::<Vec<_>>());
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            grant_columns!(),
+            " FROM grants WHERE id IN (SELECT value FROM json_each($1))"
+        ))
+        .bind(ids.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(rows::grant).collect()
     }
 
     async fn live_grant(
@@ -867,12 +1156,13 @@ impl Store for SqliteStore {
         .await
         .map_err(db_error)?;
         let mut claimed = jobs_from(rows)?;
-        tx.commit().await.map_err(db_error)?;
+        tx.commit().await?;
         claimed.sort_by_key(|j| j.seq);
         Ok(claimed)
     }
 
     async fn complete_job(&self, id: Uuid) -> Result<(), StoreError> {
+        let _turn = self.gate.turn().await?;
         let mut conn = self.pool.acquire().await.map_err(db_error)?;
         mark_job_done(&mut conn, id, ms(self.clock.now())).await
     }
@@ -884,6 +1174,7 @@ impl Store for SqliteStore {
         next_at: Timestamp,
         error: &str,
     ) -> Result<(), StoreError> {
+        let _turn = self.gate.turn().await?;
         let done = sqlx::query(
             "UPDATE jobs SET attempts = $2, next_at = $3, last_error = $4, claimed_by = NULL, \
              claimed_until = NULL WHERE id = $1 AND state = 'pending'",
@@ -907,6 +1198,7 @@ impl Store for SqliteStore {
         attempts: i32,
         error: &str,
     ) -> Result<(), StoreError> {
+        let _turn = self.gate.turn().await?;
         let done = sqlx::query(
             "UPDATE jobs SET state = 'dead', attempts = $2, last_error = $3, claimed_by = NULL, \
              claimed_until = NULL, finished_at = $4 WHERE id = $1 AND state = 'pending'",
@@ -925,6 +1217,7 @@ impl Store for SqliteStore {
     }
 
     async fn retry_dead_job(&self, id: Uuid, now: Timestamp) -> Result<bool, StoreError> {
+        let _turn = self.gate.turn().await?;
         let done = sqlx::query(
             "UPDATE jobs SET state = 'pending', next_at = $2, claimed_by = NULL, \
              claimed_until = NULL, finished_at = NULL WHERE id = $1 AND state = 'dead'",
@@ -952,8 +1245,9 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let mut tx = self.begin_immediate().await?;
+        let records: Vec<&NewAudit> = records.iter().collect();
         append_chained(&mut tx, &records).await?;
-        tx.commit().await.map_err(db_error)
+        tx.commit().await
     }
 
     async fn audit_records(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {

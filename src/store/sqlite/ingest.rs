@@ -31,6 +31,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::db_error;
+use super::gate::WriteGate;
 use crate::store::{InsertOutcome, StoreError};
 
 /// How the inbox writer batches inserts. The defaults suit SQLite on one local disk.
@@ -136,6 +137,7 @@ impl Ingest {
     /// cannot open the file while a final batch is still being committed).
     pub(super) fn start<K: Send + Sync + 'static>(
         pool: SqlitePool,
+        gate: WriteGate,
         config: GroupCommit,
         enqueue_timeout: Duration,
         keep_alive: Arc<K>,
@@ -143,7 +145,7 @@ impl Ingest {
         let config = config.sanitized();
         let (queue, rx) = mpsc::channel(config.queue);
         let counters = Arc::new(Counters::default());
-        let writer = tokio::spawn(run(pool, rx, config, counters.clone(), keep_alive));
+        let writer = tokio::spawn(run(pool, gate, rx, config, counters.clone(), keep_alive));
         Ingest {
             queue,
             writer,
@@ -200,6 +202,7 @@ impl Ingest {
 /// The writer loop: form a batch, commit it, answer it; until every sender is gone.
 async fn run<K>(
     pool: SqlitePool,
+    gate: WriteGate,
     mut rx: mpsc::Receiver<Request>,
     config: GroupCommit,
     counters: Arc<Counters>,
@@ -229,20 +232,25 @@ async fn run<K>(
                 Ok(_) => {}
             }
         }
-        commit_batch(&pool, &mut batch, &counters).await;
+        commit_batch(&pool, &gate, &mut batch, &counters).await;
     }
     drop(keep_alive);
 }
 
 /// Writes `batch` in one transaction and answers every request in it, emptying it.
-async fn commit_batch(pool: &SqlitePool, batch: &mut Vec<Request>, counters: &Counters) {
+async fn commit_batch(
+    pool: &SqlitePool,
+    gate: &WriteGate,
+    batch: &mut Vec<Request>,
+    counters: &Counters,
+) {
     let n = batch.len() as u64;
     counters.batches.fetch_add(1, Ordering::Relaxed);
     counters.rows.fetch_add(n, Ordering::Relaxed);
     counters.largest_batch.fetch_max(n, Ordering::Relaxed);
     metrics::histogram!("jitbridge_ingest_batch_rows").record(n as f64);
 
-    match write_batch(pool, batch).await {
+    match write_batch(pool, gate, batch).await {
         Ok(outcomes) => {
             for (request, outcome) in batch.drain(..).zip(outcomes) {
                 // A caller that gave up (request timeout) no longer listens; its row is stored
@@ -270,22 +278,79 @@ async fn commit_batch(pool: &SqlitePool, batch: &mut Vec<Request>, counters: &Co
 /// Returns each row's outcome once the commit returned, or the error that sank the batch.
 async fn write_batch(
     pool: &SqlitePool,
+    gate: &WriteGate,
     batch: &[Request],
 ) -> Result<Vec<Result<InsertOutcome, StoreError>>, StoreError> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_error)?;
+    let mut tx = gate.begin(pool).await?;
+    let outcomes = match insert_all(&mut tx, batch).await {
+        Ok(outcomes) => outcomes,
+        // Anything else (busy, I/O, a damaged file) sinks the batch; dropping `tx` rolls back
+        // whatever was written.
+        Err(RowError::Batch(e)) => return Err(e),
+        // A constraint refused a row (its id is already used), which undid that multi-row
+        // statement: insert row by row, so that only that row fails.
+        Err(RowError::Row(_)) => {
+            let mut outcomes = Vec::with_capacity(batch.len());
+            for request in batch {
+                match insert_one(&mut tx, &request.row).await {
+                    Ok(outcome) => outcomes.push(Ok(outcome)),
+                    // SQLite undid that one statement; the transaction goes on for the others.
+                    Err(RowError::Row(e)) => outcomes.push(Err(e)),
+                    Err(RowError::Batch(e)) => return Err(e),
+                }
+            }
+            outcomes
+        }
+    };
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// Rows per multi-row INSERT (7 parameters each).
+const ROWS_PER_INSERT: usize = 200;
+
+/// Inserts the whole batch with a few multi-row statements (`ON CONFLICT … DO NOTHING
+/// RETURNING id`), in arrival order, so a repeat of an earlier row of the same batch is the
+/// duplicate. Rows that were not inserted are duplicates: their first id is looked up.
+async fn insert_all(
+    conn: &mut SqliteConnection,
+    batch: &[Request],
+) -> Result<Vec<Result<InsertOutcome, StoreError>>, RowError> {
+    let mut inserted = std::collections::HashSet::with_capacity(batch.len());
+    for chunk in batch.chunks(ROWS_PER_INSERT) {
+        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO deliveries (id, connector, dedupe_key, received_at, headers, body, \
+             state, attempts, next_at) ",
+        );
+        insert.push_values(chunk, |mut row, request| {
+            let d = &request.row;
+            row.push_bind(d.id.to_string())
+                .push_bind(d.connector.as_str())
+                .push_bind(d.dedupe_key.as_str())
+                .push_bind(d.received_at)
+                .push_bind(d.headers.as_str())
+                .push_bind(d.body.as_slice())
+                .push_bind("pending")
+                .push_bind(0_i32)
+                .push_bind(d.received_at);
+        });
+        insert.push(" ON CONFLICT (connector, dedupe_key) DO NOTHING RETURNING id");
+        let ids: Vec<String> = insert
+            .build_query_scalar()
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(row_error)?;
+        inserted.extend(ids);
+    }
     let mut outcomes = Vec::with_capacity(batch.len());
     for request in batch {
-        match insert_one(&mut tx, &request.row).await {
-            Ok(outcome) => outcomes.push(Ok(outcome)),
-            // A constraint refused this row only; SQLite undid that one statement and the
-            // transaction goes on for the others.
-            Err(RowError::Row(e)) => outcomes.push(Err(e)),
-            // Anything else (busy, I/O, a damaged file) sinks the batch; dropping `tx` rolls
-            // back whatever was written.
-            Err(RowError::Batch(e)) => return Err(e),
+        let d = &request.row;
+        if inserted.contains(&d.id.to_string()) {
+            outcomes.push(Ok(InsertOutcome::Accepted(d.id)));
+            continue;
         }
+        outcomes.push(first_of(&mut *conn, d).await?.map(InsertOutcome::Duplicate));
     }
-    tx.commit().await.map_err(db_error)?;
     Ok(outcomes)
 }
 
@@ -338,6 +403,18 @@ async fn insert_one(
     if inserted.rows_affected() == 1 {
         return Ok(InsertOutcome::Accepted(d.id));
     }
+    match first_of(conn, d).await? {
+        Ok(first) => Ok(InsertOutcome::Duplicate(first)),
+        Err(e) => Err(RowError::Row(e)),
+    }
+}
+
+/// The id of the row already holding `d`'s (connector, dedupe key); an `Err` inside when that
+/// id is unreadable (only that row's problem).
+async fn first_of(
+    conn: &mut SqliteConnection,
+    d: &PreparedDelivery,
+) -> Result<Result<Uuid, StoreError>, RowError> {
     let first: String =
         sqlx::query_scalar("SELECT id FROM deliveries WHERE connector = $1 AND dedupe_key = $2")
             .bind(d.connector.as_str())
@@ -345,10 +422,6 @@ async fn insert_one(
             .fetch_one(&mut *conn)
             .await
             .map_err(|e| RowError::Batch(db_error(e)))?;
-    let first = Uuid::parse_str(&first).map_err(|e| {
-        RowError::Row(StoreError::Corrupt(format!(
-            "deliveries.id: not a UUID: {e}"
-        )))
-    })?;
-    Ok(InsertOutcome::Duplicate(first))
+    Ok(Uuid::parse_str(&first)
+        .map_err(|e| StoreError::Corrupt(format!("deliveries.id: not a UUID: {e}"))))
 }
