@@ -415,6 +415,32 @@ async fn mark_job_done(conn: &mut SqliteConnection, id: Uuid, at: i64) -> Result
     Ok(())
 }
 
+/// Claims the oldest claimable pending deliveries: `$1` worker, `$2` lease end, `$3` now,
+/// `$4` limit. Walks the pending-only index in arrival order and stops at the limit.
+const CLAIM_DELIVERIES: &str = "UPDATE deliveries SET claimed_by = $1, claimed_until = $2, \
+     attempts = attempts + 1 \
+     WHERE id IN (SELECT id FROM deliveries WHERE state = 'pending' AND next_at <= $3 \
+       AND (claimed_until IS NULL OR claimed_until <= $3) \
+       ORDER BY received_at, id LIMIT $4) \
+     RETURNING id, connector, dedupe_key, received_at, headers, body, attempts";
+
+/// Claims the head job of each (lane, queue key): `$1` worker, `$2` lease end, `$3` lane,
+/// `$4` now, `$5` limit, `$6` the re-attempt marker. Walks the pending-only index in `seq`
+/// order and stops at the limit, so its cost follows the jobs it returns, not the backlog.
+const CLAIM_JOBS: &str = concat!(
+    "UPDATE jobs SET claimed_by = $1, claimed_until = $2, \
+     last_error = CASE WHEN claimed_until IS NULL THEN last_error \
+       ELSE COALESCE(last_error, $6) END \
+     WHERE seq IN (SELECT j.seq FROM jobs j \
+       WHERE j.lane = $3 AND j.state = 'pending' AND j.next_at <= $4 \
+       AND (j.claimed_until IS NULL OR j.claimed_until <= $4) \
+       AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.lane = j.lane \
+         AND e.queue_key = j.queue_key AND e.state = 'pending' AND e.seq < j.seq) \
+       ORDER BY j.seq LIMIT $5) \
+     RETURNING ",
+    job_columns!()
+);
+
 /// Rows per multi-row INSERT: far below SQLite's limit on bound parameters (32,766), large
 /// enough that a batch of hundreds of rows costs a handful of statements instead of one each.
 const ROWS_PER_INSERT: usize = 200;
@@ -877,20 +903,14 @@ impl Store for SqliteStore {
         let now_ms = ms(now);
         let mut tx = self.begin_immediate().await?;
         // `attempts` counts claims, so a delivery that crashes its worker is still counted.
-        let rows = sqlx::query(
-            "UPDATE deliveries SET claimed_by = $1, claimed_until = $2, attempts = attempts + 1 \
-             WHERE id IN (SELECT id FROM deliveries WHERE state = 'pending' AND next_at <= $3 \
-               AND (claimed_until IS NULL OR claimed_until <= $3) \
-               ORDER BY received_at, id LIMIT $4) \
-             RETURNING id, connector, dedupe_key, received_at, headers, body, attempts",
-        )
-        .bind(worker)
-        .bind(lease_until(now, lease))
-        .bind(now_ms)
-        .bind(bounded_limit(limit))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_error)?;
+        let rows = sqlx::query(CLAIM_DELIVERIES)
+            .bind(worker)
+            .bind(lease_until(now, lease))
+            .bind(now_ms)
+            .bind(bounded_limit(limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
         let mut claimed = rows
             .iter()
             .map(rows::delivery)
@@ -1133,28 +1153,16 @@ impl Store for SqliteStore {
         // A job still carrying an (expired) claim was taken by a worker that never reported
         // back (crash, kill): `last_error` says so, and the next worker treats the run as a
         // re-attempt (e.g. checks for an already-posted comment).
-        let rows = sqlx::query(concat!(
-            "UPDATE jobs SET claimed_by = $1, claimed_until = $2, \
-             last_error = CASE WHEN claimed_until IS NULL THEN last_error \
-               ELSE COALESCE(last_error, $6) END \
-             WHERE seq IN (SELECT j.seq FROM jobs j \
-               WHERE j.lane = $3 AND j.state = 'pending' AND j.next_at <= $4 \
-               AND (j.claimed_until IS NULL OR j.claimed_until <= $4) \
-               AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.lane = j.lane \
-                 AND e.queue_key = j.queue_key AND e.state = 'pending' AND e.seq < j.seq) \
-               ORDER BY j.seq LIMIT $5) \
-             RETURNING ",
-            job_columns!()
-        ))
-        .bind(worker)
-        .bind(lease_until(now, lease))
-        .bind(lane.as_str())
-        .bind(ms(now))
-        .bind(bounded_limit(limit))
-        .bind(LEASE_LAPSED)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_error)?;
+        let rows = sqlx::query(CLAIM_JOBS)
+            .bind(worker)
+            .bind(lease_until(now, lease))
+            .bind(lane.as_str())
+            .bind(ms(now))
+            .bind(bounded_limit(limit))
+            .bind(LEASE_LAPSED)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
         let mut claimed = jobs_from(rows)?;
         tx.commit().await?;
         claimed.sort_by_key(|j| j.seq);
@@ -1595,6 +1603,49 @@ mod tests {
             verify_chain((0, GENESIS_HASH.to_owned()), &tampered),
             Err(ChainError::Tampered { seq: 2 })
         );
+    }
+
+    /// The plan of a query: one line per step, as `EXPLAIN QUERY PLAN` prints them.
+    async fn plan_of(store: &SqliteStore, sql: &str, binds: usize) -> String {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")));
+        for _ in 0..binds {
+            query = query.bind(1_i64);
+        }
+        let rows = query.fetch_all(store.pool()).await.unwrap();
+        rows.iter()
+            .map(|r| r.get::<String, _>("detail"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Found by the 100,000-grant benchmark: claims that sort the whole backlog inside the
+    /// write lock make every claim slower as work piles up. The hot queries must walk an index
+    /// in the order they return rows.
+    #[tokio::test]
+    async fn claims_and_policy_lookups_use_their_indexes_without_sorting_the_backlog() {
+        let (_dir, store) = fresh().await;
+        let jobs = plan_of(&store, CLAIM_JOBS, 6).await;
+        assert!(jobs.contains("USING INDEX jobs_claimable"), "{jobs}");
+        assert!(jobs.contains("jobs_queue_order"), "{jobs}");
+        assert!(!jobs.contains("TEMP B-TREE"), "{jobs}");
+        let deliveries = plan_of(&store, CLAIM_DELIVERIES, 4).await;
+        assert!(deliveries.contains("deliveries_claimable"), "{deliveries}");
+        assert!(!deliveries.contains("TEMP B-TREE"), "{deliveries}");
+        let counts = plan_of(&store, crate::store::reads::COUNT_LIVE_GRANTS, 2).await;
+        assert!(
+            counts.contains("SEARCH grants USING INDEX grants_live_subject")
+                && counts.contains("SEARCH grants USING INDEX grants_live_target"),
+            "{counts}"
+        );
+        let unresolved = plan_of(
+            &store,
+            "SELECT id FROM grants WHERE state = 'revoke_failed' \
+             AND (lower(trim(subject)) = lower(trim($1)) OR lower(trim(target)) = lower(trim($2))) \
+             ORDER BY requested_at, id LIMIT 1",
+            2,
+        )
+        .await;
+        assert!(unresolved.contains("grants_revoke_failed"), "{unresolved}");
     }
 
     #[test]

@@ -8,9 +8,12 @@
 //! the commit that holds its row has returned.**
 //!
 //! How a batch forms: the writer sleeps until a request arrives, then keeps taking requests
-//! until it holds `max_batch` of them or `window` has passed since the first one, whichever
-//! comes first. Requests that arrive while a batch commits simply queue (the queue is bounded,
-//! so a stalled disk pushes back on the HTTP handlers instead of growing memory).
+//! until it holds `max_batch` of them or `window` has passed since the first one *was queued*,
+//! whichever comes first. Requests that arrive while a batch commits simply queue (the queue is
+//! bounded, so a stalled disk pushes back on the HTTP handlers instead of growing memory); by
+//! the time the writer is free they have usually waited out the window, so they are committed
+//! straight away with whatever else is queued: under load the commits follow each other back to
+//! back, and no row waits longer than one window plus the commit in progress.
 //!
 //! What each caller hears, only after the commit:
 //! - `Accepted(own id)` for a new (connector, dedupe key);
@@ -110,6 +113,9 @@ pub(super) struct PreparedDelivery {
 struct Request {
     row: PreparedDelivery,
     reply: oneshot::Sender<Result<InsertOutcome, StoreError>>,
+    /// When the caller queued it: the window counts from here, not from when the writer got
+    /// to it, so rows that queued during the previous commit do not wait a second time.
+    queued_at: tokio::time::Instant,
 }
 
 /// The handle the store keeps: the queue into the writer, and the writer itself.
@@ -157,7 +163,11 @@ impl Ingest {
     /// Queues `row` and waits until the batch holding it has committed (or failed).
     pub(super) async fn insert(&self, row: PreparedDelivery) -> Result<InsertOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let request = Request { row, reply };
+        let request = Request {
+            row,
+            reply,
+            queued_at: tokio::time::Instant::now(),
+        };
         match tokio::time::timeout(self.enqueue_timeout, self.queue.send(request)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => {
@@ -213,8 +223,8 @@ async fn run<K>(
         let Some(first) = rx.recv().await else {
             break;
         };
+        let deadline = first.queued_at + config.window;
         batch.push(first);
-        let deadline = tokio::time::Instant::now() + config.window;
         while batch.len() < config.max_batch {
             let room = config.max_batch - batch.len();
             // Whatever is already queued joins without waiting.
