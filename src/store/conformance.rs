@@ -556,9 +556,12 @@ pub(super) async fn a_batch_commit_fails_only_its_conflicting_member_and_chains_
     approve_a.jobs = vec![job(Lane::Provider, &a.id.to_string(), 0)];
     approve_a.audit.push(audit("policy.passed", Some(a.id)));
 
+    let approved_a = approve_a.grant.clone();
     let results = store
         .commit_many(vec![approve_a, stale, transition(&c, GrantState::Approved)])
         .await;
+    // Every column survives the batched write (it binds them apart from the single commit).
+    assert_eq!(store.get_grant(a.id).await.unwrap(), Some(approved_a));
 
     assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
     assert!(

@@ -237,6 +237,46 @@ impl<'g> GrantColumns<'g> {
         })
     }
 
+    /// Pushes the 24 values in `grant_columns!` order onto one row of a multi-row statement
+    /// (the batched grant UPDATE), with the same encodings as [`GrantColumns::bind`] below:
+    /// change both together (the conformance suite reads back a batch-written grant whole).
+    pub fn push_values<DB, Sep>(&self, row: &mut sqlx::query_builder::Separated<'_, DB, Sep>)
+    where
+        Sep: std::fmt::Display,
+        DB: Database,
+        String: for<'t> Encode<'t, DB> + Type<DB>,
+        for<'t> &'t str: Encode<'t, DB> + Type<DB>,
+        for<'t> Option<&'t str>: Encode<'t, DB> + Type<DB>,
+        i64: for<'t> Encode<'t, DB> + Type<DB>,
+        Option<i64>: for<'t> Encode<'t, DB> + Type<DB>,
+    {
+        let g = self.grant;
+        row.push_bind(g.id.to_string())
+            .push_bind(g.ticket.connector.as_str())
+            .push_bind(g.ticket.id.as_str())
+            .push_bind(g.ticket.key.as_str())
+            .push_bind(g.ticket.url.as_deref())
+            .push_bind(g.mapping.as_str())
+            .push_bind(g.state.as_str())
+            .push_bind(g.subject.as_str())
+            .push_bind(g.target.as_str())
+            .push_bind(g.scope.as_str())
+            .push_bind(g.provider.as_str())
+            .push_bind(g.duration.as_secs())
+            .push_bind(self.requester.as_deref())
+            .push_bind(self.approvers.as_str())
+            .push_bind(ms(g.requested_at))
+            .push_bind(opt_ms(g.approved_at))
+            .push_bind(opt_ms(g.starts_at))
+            .push_bind(opt_ms(g.expires_at))
+            .push_bind(opt_ms(g.ended_at))
+            .push_bind(g.revoke_cause.map(revoke_cause_str))
+            .push_bind(g.reason.as_deref())
+            .push_bind(ms(g.last_event_at))
+            .push_bind(self.context.as_str())
+            .push_bind(g.version);
+    }
+
     /// Binds `$1..$24` in `grant_columns!` order.
     pub fn bind<'q, DB>(
         &self,

@@ -655,32 +655,8 @@ async fn update_grant_rows(
              context = v.column23, version = v.column24 FROM (",
         );
         update.push_values(chunk, |mut row, (_, columns, expected)| {
-            let g = columns.grant;
-            row.push_bind(g.id.to_string())
-                .push_bind(g.ticket.connector.as_str())
-                .push_bind(g.ticket.id.as_str())
-                .push_bind(g.ticket.key.as_str())
-                .push_bind(g.ticket.url.as_deref())
-                .push_bind(g.mapping.as_str())
-                .push_bind(g.state.as_str())
-                .push_bind(g.subject.as_str())
-                .push_bind(g.target.as_str())
-                .push_bind(g.scope.as_str())
-                .push_bind(g.provider.as_str())
-                .push_bind(g.duration.as_secs())
-                .push_bind(columns.requester.as_deref())
-                .push_bind(columns.approvers.as_str())
-                .push_bind(ms(g.requested_at))
-                .push_bind(g.approved_at.map(ms))
-                .push_bind(g.starts_at.map(ms))
-                .push_bind(g.expires_at.map(ms))
-                .push_bind(g.ended_at.map(ms))
-                .push_bind(g.revoke_cause.map(rows::revoke_cause_str))
-                .push_bind(g.reason.as_deref())
-                .push_bind(ms(g.last_event_at))
-                .push_bind(columns.context.as_str())
-                .push_bind(g.version)
-                .push_bind(*expected);
+            columns.push_values(&mut row);
+            row.push_bind(*expected);
         });
         update.push(
             ") AS v WHERE grants.id = v.column1 AND grants.version = v.column25 \
