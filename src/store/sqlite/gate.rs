@@ -40,17 +40,19 @@ impl WriteGate {
         }
     }
 
-    /// Waits for this writer's turn (FIFO), at most the gate's patience.
+    /// Waits for this writer's turn (FIFO), at most the gate's patience. The wait is exported
+    /// as `jitbridge_store_write_wait_seconds`: how much writers queue behind each other.
     pub(super) async fn turn(&self) -> Result<WriteTurn, StoreError> {
-        tokio::time::timeout(self.patience, self.queue.clone().lock_owned())
-            .await
-            .map(WriteTurn)
-            .map_err(|_| {
-                StoreError::Unavailable(format!(
-                    "database is busy: no turn to write within {} ms",
-                    self.patience.as_millis()
-                ))
-            })
+        let asked = std::time::Instant::now();
+        let turn = tokio::time::timeout(self.patience, self.queue.clone().lock_owned()).await;
+        metrics::histogram!("jitbridge_store_write_wait_seconds")
+            .record(asked.elapsed().as_secs_f64());
+        turn.map(WriteTurn).map_err(|_| {
+            StoreError::Unavailable(format!(
+                "database is busy: no turn to write within {} ms",
+                self.patience.as_millis()
+            ))
+        })
     }
 
     /// Waits for a turn, then starts a transaction holding SQLite's write lock from its first

@@ -260,7 +260,12 @@ async fn commit_batch(
     counters.largest_batch.fetch_max(n, Ordering::Relaxed);
     metrics::histogram!("jitbridge_ingest_batch_rows").record(n as f64);
 
-    match write_batch(pool, gate, batch).await {
+    let started = std::time::Instant::now();
+    let written = write_batch(pool, gate, batch).await;
+    // From asking for the write turn to the commit's return: what every row of the batch
+    // waited for on top of the window.
+    metrics::histogram!("jitbridge_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
+    match written {
         Ok(outcomes) => {
             for (request, outcome) in batch.drain(..).zip(outcomes) {
                 // A caller that gave up (request timeout) no longer listens; its row is stored
