@@ -1465,6 +1465,62 @@ mod tests {
         );
     }
 
+    /// A batch larger than one multi-row INSERT whose second statement is refused (a reused
+    /// delivery id) is redone row by row: rows its first statement already wrote are still
+    /// answered `Accepted`, not mistaken for duplicates of themselves.
+    #[tokio::test]
+    async fn a_refused_row_late_in_a_large_batch_leaves_the_rest_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let tuning = SqliteTuning {
+            group_commit: GroupCommit {
+                max_batch: 512,
+                window: Duration::from_millis(500),
+                queue: 1024,
+            },
+            ..SqliteTuning::default()
+        };
+        let store = SqliteStore::open_with_tuning(
+            &dir.path().join("big.db"),
+            Arc::new(ManualClock::new(at(0))),
+            tuning,
+        )
+        .await
+        .unwrap();
+        let taken = delivery("evt-taken", 0);
+        store.insert_delivery(taken.clone()).await.unwrap();
+        let deliveries: Vec<NewDelivery> =
+            (0..299).map(|i| delivery(&format!("evt-{i}"), i)).collect();
+        let mut reused = delivery("evt-reused", 299);
+        reused.id = taken.id;
+
+        // The reused id queues last, inside the same window: it lands in the second statement.
+        let (outcomes, refused) = tokio::join!(
+            futures::future::join_all(deliveries.iter().map(|d| store.insert_delivery(d.clone()))),
+            async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                store.insert_delivery(reused.clone()).await
+            }
+        );
+
+        for (n, (d, outcome)) in deliveries.iter().zip(outcomes).enumerate() {
+            assert_eq!(outcome.unwrap(), InsertOutcome::Accepted(d.id), "row {n}");
+        }
+        assert!(
+            matches!(refused, Err(StoreError::Conflict(_))),
+            "{refused:?}"
+        );
+        assert_eq!(
+            delivery_count(&store).await,
+            300,
+            "299 new rows and the first one"
+        );
+        assert_eq!(
+            store.ingest_stats().largest_batch,
+            300,
+            "one batch, two statements"
+        );
+    }
+
     #[tokio::test]
     async fn zero_window_and_zero_sizes_still_commit_everything() {
         let dir = tempfile::tempdir().unwrap();

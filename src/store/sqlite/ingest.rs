@@ -303,7 +303,8 @@ async fn write_batch(
         // whatever was written.
         Err(RowError::Batch(e)) => return Err(e),
         // A constraint refused a row (its id is already used), which undid that multi-row
-        // statement: insert row by row, so that only that row fails.
+        // statement: insert row by row, so that only that row fails (rows an earlier statement
+        // of the batch wrote are recognized as this batch's own).
         Err(RowError::Row(_)) => {
             let mut outcomes = Vec::with_capacity(batch.len());
             for request in batch {
@@ -419,6 +420,9 @@ async fn insert_one(
         return Ok(InsertOutcome::Accepted(d.id));
     }
     match first_of(conn, d).await? {
+        // Written by an earlier statement of this same transaction (the multi-row insert
+        // before a later one of its statements was refused): this row is the new one.
+        Ok(first) if first == d.id => Ok(InsertOutcome::Accepted(d.id)),
         Ok(first) => Ok(InsertOutcome::Duplicate(first)),
         Err(e) => Err(RowError::Row(e)),
     }
