@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::SignedDuration;
+use serde::Deserialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -93,11 +94,18 @@ impl ProviderWorker {
     /// Runs the claimed jobs' provider calls concurrently (bounded), then records every
     /// confirmed revoke of an ending grant in one batch commit.
     async fn handle_batch(&self, jobs: Vec<Job>) {
+        let jobs: Vec<(Job, Result<ProviderJob, serde_json::Error>)> = jobs
+            .into_iter()
+            .map(|job| {
+                let payload = ProviderJob::deserialize(&job.payload);
+                (job, payload)
+            })
+            .collect();
         let grants = self.read_grants(&jobs).await;
         let grants = &grants;
         let handled: Vec<(Job, Result<Handled, ServiceError>)> =
-            futures::stream::iter(jobs.into_iter().map(|job| async move {
-                let result = self.try_handle(&job, grants).await;
+            futures::stream::iter(jobs.into_iter().map(|(job, payload)| async move {
+                let result = self.try_handle(&job, payload, grants).await;
                 (job, result)
             }))
             .buffer_unordered(CONCURRENCY)
@@ -147,10 +155,13 @@ impl ProviderWorker {
 
     /// The grants of the claimed jobs, read together (one query instead of one per job). A
     /// grant missing here, or all of them if the read fails, is read again by its own job.
-    async fn read_grants(&self, jobs: &[Job]) -> HashMap<Uuid, Grant> {
+    async fn read_grants(
+        &self,
+        jobs: &[(Job, Result<ProviderJob, serde_json::Error>)],
+    ) -> HashMap<Uuid, Grant> {
         let ids: Vec<Uuid> = jobs
             .iter()
-            .filter_map(|job| serde_json::from_value::<ProviderJob>(job.payload.clone()).ok())
+            .filter_map(|(_, payload)| payload.as_ref().ok())
             .map(|payload| payload.grant_id)
             .collect();
         match self.service.store().get_grants(&ids).await {
@@ -165,10 +176,11 @@ impl ProviderWorker {
     async fn try_handle(
         &self,
         job: &Job,
+        payload: Result<ProviderJob, serde_json::Error>,
         grants: &HashMap<Uuid, Grant>,
     ) -> Result<Handled, ServiceError> {
         let store = self.service.store();
-        let payload: ProviderJob = match serde_json::from_value(job.payload.clone()) {
+        let payload = match payload {
             Ok(p) => p,
             Err(e) => {
                 store

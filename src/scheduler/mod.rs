@@ -548,6 +548,97 @@ mod revoke_ahead_tests {
             "one revoke id: the receiver deduplicates the durable call"
         );
     }
+
+    /// One claimed batch with an unreadable job and a job for a grant that does not exist:
+    /// both are parked as dead letters with the reason, and the valid revoke beside them still
+    /// runs and is recorded (the batched grant read must not hide either failure).
+    #[tokio::test]
+    async fn unreadable_and_orphaned_provider_jobs_are_dead_lettered_beside_a_valid_revoke() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = Timestamp::from_second(1_800_000_000).unwrap();
+        let clock: SharedClock = Arc::new(ManualClock::new(start));
+        let store = Arc::new(
+            SqliteStore::open_with_clock(&dir.path().join("p.db"), clock.clone())
+                .await
+                .unwrap(),
+        );
+        let mut ending = active_grant(start - SignedDuration::from_secs(1));
+        ending.state = GrantState::Expiring;
+        ending.revoke_cause = Some(crate::grants::RevokeCause::Deadline);
+        let mut unreadable = crate::outbox::provider_job(&ending, ProviderAction::Revoke, start);
+        unreadable.queue_key = "unreadable".into();
+        unreadable.payload = serde_json::json!({"not": "a provider job"});
+        let orphan_of = active_grant(start);
+        let mut orphaned = crate::outbox::provider_job(&orphan_of, ProviderAction::Revoke, start);
+        orphaned.queue_key = "orphaned".into();
+        let valid = crate::outbox::provider_job(&ending, ProviderAction::Revoke, start);
+        store
+            .commit(Commit {
+                grant: ending.clone(),
+                expected_version: None,
+                audit: Vec::new(),
+                jobs: vec![unreadable.clone(), orphaned.clone(), valid],
+                complete_job: None,
+            })
+            .await
+            .unwrap();
+        let provider = Arc::new(RecordingProvider::default());
+        let live = LiveConfig::new(Active {
+            mappings: Arc::new(MappingSet::default()),
+            connectors: Registry::default(),
+            providers: BTreeMap::from([(
+                "p".to_owned(),
+                provider.clone() as Arc<dyn ElevationProvider>,
+            )]),
+        });
+        let service = GrantService::new(
+            store.clone(),
+            clock,
+            live.mappings(),
+            live.connectors(),
+            Wakers::default(),
+            ServiceSettings {
+                apply_window: SignedDuration::from_mins(10),
+            },
+        );
+        let worker = ProviderWorker::new(
+            service,
+            live.providers(),
+            worker_settings(),
+            Arc::new(Notify::new()),
+        );
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(worker.run(shutdown.clone()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let (dead, state) = loop {
+            let dead = store.list_jobs(JobState::Dead, 10).await.unwrap();
+            let state = store.get_grant(ending.id).await.unwrap().unwrap().state;
+            if (dead.len() == 2 && state.is_terminal()) || tokio::time::Instant::now() > deadline {
+                break (dead, state);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        shutdown.cancel();
+        running.await.unwrap();
+
+        assert_eq!(
+            state,
+            GrantState::Expired,
+            "the valid revoke ran and was recorded"
+        );
+        assert_eq!(provider.revoke_ids().len(), 1);
+        let reason = |id: Uuid| {
+            dead.iter()
+                .find(|j| j.id == id)
+                .and_then(|j| j.last_error.clone())
+                .unwrap_or_default()
+        };
+        assert!(
+            reason(unreadable.id).contains("unreadable provider job"),
+            "{dead:?}"
+        );
+        assert_eq!(reason(orphaned.id), "grant not found", "{dead:?}");
+    }
 }
 
 #[cfg(test)]

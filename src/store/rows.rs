@@ -214,6 +214,40 @@ pub(in crate::store) fn job_state(text: &str) -> Result<JobState, StoreError> {
     }
 }
 
+/// The 24 grant values in `grant_columns!` order, chained onto `$target` with `$method` (`bind`
+/// for a single statement, `push_bind` for a row of a multi-row one): one list for both.
+macro_rules! grant_values {
+    ($columns:expr, $target:expr, $method:ident) => {{
+        let c = $columns;
+        let g = c.grant;
+        $target
+            .$method(g.id.to_string())
+            .$method(g.ticket.connector.as_str())
+            .$method(g.ticket.id.as_str())
+            .$method(g.ticket.key.as_str())
+            .$method(g.ticket.url.as_deref())
+            .$method(g.mapping.as_str())
+            .$method(g.state.as_str())
+            .$method(g.subject.as_str())
+            .$method(g.target.as_str())
+            .$method(g.scope.as_str())
+            .$method(g.provider.as_str())
+            .$method(g.duration.as_secs())
+            .$method(c.requester.as_deref())
+            .$method(c.approvers.as_str())
+            .$method(ms(g.requested_at))
+            .$method(opt_ms(g.approved_at))
+            .$method(opt_ms(g.starts_at))
+            .$method(opt_ms(g.expires_at))
+            .$method(opt_ms(g.ended_at))
+            .$method(g.revoke_cause.map(revoke_cause_str))
+            .$method(g.reason.as_deref())
+            .$method(ms(g.last_event_at))
+            .$method(c.context.as_str())
+            .$method(g.version)
+    }};
+}
+
 /// A grant encoded for binding, so INSERT and UPDATE bind exactly the same values.
 pub(in crate::store) struct GrantColumns<'g> {
     pub grant: &'g Grant,
@@ -238,8 +272,7 @@ impl<'g> GrantColumns<'g> {
     }
 
     /// Pushes the 24 values in `grant_columns!` order onto one row of a multi-row statement
-    /// (the batched grant UPDATE), with the same encodings as [`GrantColumns::bind`] below:
-    /// change both together (the conformance suite reads back a batch-written grant whole).
+    /// (the batched grant UPDATE).
     pub fn push_values<DB, Sep>(&self, row: &mut sqlx::query_builder::Separated<'_, DB, Sep>)
     where
         Sep: std::fmt::Display,
@@ -250,31 +283,7 @@ impl<'g> GrantColumns<'g> {
         i64: for<'t> Encode<'t, DB> + Type<DB>,
         Option<i64>: for<'t> Encode<'t, DB> + Type<DB>,
     {
-        let g = self.grant;
-        row.push_bind(g.id.to_string())
-            .push_bind(g.ticket.connector.as_str())
-            .push_bind(g.ticket.id.as_str())
-            .push_bind(g.ticket.key.as_str())
-            .push_bind(g.ticket.url.as_deref())
-            .push_bind(g.mapping.as_str())
-            .push_bind(g.state.as_str())
-            .push_bind(g.subject.as_str())
-            .push_bind(g.target.as_str())
-            .push_bind(g.scope.as_str())
-            .push_bind(g.provider.as_str())
-            .push_bind(g.duration.as_secs())
-            .push_bind(self.requester.as_deref())
-            .push_bind(self.approvers.as_str())
-            .push_bind(ms(g.requested_at))
-            .push_bind(opt_ms(g.approved_at))
-            .push_bind(opt_ms(g.starts_at))
-            .push_bind(opt_ms(g.expires_at))
-            .push_bind(opt_ms(g.ended_at))
-            .push_bind(g.revoke_cause.map(revoke_cause_str))
-            .push_bind(g.reason.as_deref())
-            .push_bind(ms(g.last_event_at))
-            .push_bind(self.context.as_str())
-            .push_bind(g.version);
+        grant_values!(self, row, push_bind);
     }
 
     /// Binds `$1..$24` in `grant_columns!` order.
@@ -290,31 +299,7 @@ impl<'g> GrantColumns<'g> {
         i64: for<'t> Encode<'t, DB> + Type<DB>,
         Option<i64>: for<'t> Encode<'t, DB> + Type<DB>,
     {
-        let g = self.grant;
-        q.bind(g.id.to_string())
-            .bind(g.ticket.connector.as_str())
-            .bind(g.ticket.id.as_str())
-            .bind(g.ticket.key.as_str())
-            .bind(g.ticket.url.as_deref())
-            .bind(g.mapping.as_str())
-            .bind(g.state.as_str())
-            .bind(g.subject.as_str())
-            .bind(g.target.as_str())
-            .bind(g.scope.as_str())
-            .bind(g.provider.as_str())
-            .bind(g.duration.as_secs())
-            .bind(self.requester.as_deref())
-            .bind(self.approvers.as_str())
-            .bind(ms(g.requested_at))
-            .bind(opt_ms(g.approved_at))
-            .bind(opt_ms(g.starts_at))
-            .bind(opt_ms(g.expires_at))
-            .bind(opt_ms(g.ended_at))
-            .bind(g.revoke_cause.map(revoke_cause_str))
-            .bind(g.reason.as_deref())
-            .bind(ms(g.last_event_at))
-            .bind(self.context.as_str())
-            .bind(g.version)
+        grant_values!(self, q, bind)
     }
 }
 
