@@ -435,6 +435,31 @@ mod revoke_ahead_tests {
         }
     }
 
+    /// A grant service over `store` whose only provider, `p`, is `provider`; with the live
+    /// config its workers read providers from.
+    fn service_over(
+        store: Arc<dyn Store>,
+        clock: SharedClock,
+        provider: Arc<RecordingProvider>,
+    ) -> (LiveConfig, GrantService) {
+        let live = LiveConfig::new(Active {
+            mappings: Arc::new(MappingSet::default()),
+            connectors: Registry::default(),
+            providers: BTreeMap::from([("p".to_owned(), provider as Arc<dyn ElevationProvider>)]),
+        });
+        let service = GrantService::new(
+            store,
+            clock,
+            live.mappings(),
+            live.connectors(),
+            Wakers::default(),
+            ServiceSettings {
+                apply_window: SignedDuration::from_mins(10),
+            },
+        );
+        (live, service)
+    }
+
     fn worker_settings() -> WorkerSettings {
         WorkerSettings {
             apply_window: Duration::from_secs(600),
@@ -470,24 +495,7 @@ mod revoke_ahead_tests {
             failing: AtomicBool::new(true),
         });
         let provider = Arc::new(RecordingProvider::default());
-        let live = LiveConfig::new(Active {
-            mappings: Arc::new(MappingSet::default()),
-            connectors: Registry::default(),
-            providers: BTreeMap::from([(
-                "p".to_owned(),
-                provider.clone() as Arc<dyn ElevationProvider>,
-            )]),
-        });
-        let service = GrantService::new(
-            store.clone(),
-            clock,
-            live.mappings(),
-            live.connectors(),
-            Wakers::default(),
-            ServiceSettings {
-                apply_window: SignedDuration::from_mins(10),
-            },
-        );
+        let (live, service) = service_over(store.clone(), clock, provider.clone());
         let scheduler = Scheduler::new(service.clone(), Arc::new(Notify::new()))
             .with_providers(live.providers());
         let revoke_id = format!("msg_{}_revoke", grant.id.simple());
@@ -583,24 +591,7 @@ mod revoke_ahead_tests {
             .await
             .unwrap();
         let provider = Arc::new(RecordingProvider::default());
-        let live = LiveConfig::new(Active {
-            mappings: Arc::new(MappingSet::default()),
-            connectors: Registry::default(),
-            providers: BTreeMap::from([(
-                "p".to_owned(),
-                provider.clone() as Arc<dyn ElevationProvider>,
-            )]),
-        });
-        let service = GrantService::new(
-            store.clone(),
-            clock,
-            live.mappings(),
-            live.connectors(),
-            Wakers::default(),
-            ServiceSettings {
-                apply_window: SignedDuration::from_mins(10),
-            },
-        );
+        let (live, service) = service_over(store.clone(), clock, provider.clone());
         let worker = ProviderWorker::new(
             service,
             live.providers(),
