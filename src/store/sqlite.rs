@@ -12,9 +12,9 @@
 //! - "At most one live grant per (connector, ticket, mapping)" is a partial unique index, so
 //!   the database itself refuses a second one even if two approvals race.
 //!
-//! - Inbox inserts are group-committed by one writer task ([`GroupCommit`]): many concurrent
-//!   deliveries share one transaction and one fsync, and each caller is answered only after
-//!   that commit returned.
+//! - Inbox writes are group-committed by one writer task ([`GroupCommit`]): many concurrent
+//!   deliveries, and the inbox worker's claims and processed marks, share one transaction and
+//!   one fsync, and each caller is answered only after that commit returned.
 //!
 //! The schema lives in `migrations/sqlite/` and is embedded at compile time.
 
@@ -106,7 +106,8 @@ impl Default for SqliteTuning {
 #[derive(Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// The group-commit writer every `insert_delivery` goes through.
+    /// The group-commit writer every inbox write (`insert_delivery`, `claim_deliveries`,
+    /// `finish_deliveries`) goes through.
     ingest: ingest::Ingest,
     /// Every write of this process waits here for its turn (FIFO) before taking SQLite's lock.
     gate: gate::WriteGate,
@@ -876,24 +877,16 @@ impl Store for SqliteStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let now_ms = ms(now);
-        let mut tx = self.begin_immediate().await?;
-        // `attempts` counts claims, so a delivery that crashes its worker is still counted.
-        let rows = sqlx::query(CLAIM_DELIVERIES)
-            .bind(worker)
-            .bind(lease_until(now, lease))
-            .bind(now_ms)
-            .bind(bounded_limit(limit))
-            .fetch_all(&mut *tx)
+        // Through the inbox writer: the lease shares the transaction (and fsync) of the
+        // deliveries being ingested meanwhile, and may take them at once.
+        self.ingest
+            .claim(ingest::Claim {
+                worker: worker.to_owned(),
+                now: ms(now),
+                until: lease_until(now, lease),
+                limit: bounded_limit(limit),
+            })
             .await
-            .map_err(db_error)?;
-        let mut claimed = rows
-            .iter()
-            .map(rows::delivery)
-            .collect::<Result<Vec<_>, _>>()?;
-        tx.commit().await?;
-        claimed.sort_by_key(|d| (d.received_at, d.id));
-        Ok(claimed)
     }
 
     async fn finish_delivery(&self, id: Uuid, outcome: DeliveryOutcome) -> Result<(), StoreError> {
@@ -902,8 +895,8 @@ impl Store for SqliteStore {
         write_finish(&mut conn, id, &outcome, ms(self.clock.now())).await
     }
 
-    /// One transaction (one fsync) for the whole batch; a delivery that is no longer pending
-    /// fails alone.
+    /// Through the inbox writer: the marks share the transaction (and fsync) of the deliveries
+    /// being ingested meanwhile; a delivery that is no longer pending fails alone.
     async fn finish_deliveries(
         &self,
         outcomes: Vec<(Uuid, DeliveryOutcome)>,
@@ -911,57 +904,7 @@ impl Store for SqliteStore {
         if outcomes.is_empty() {
             return Vec::new();
         }
-        let now = ms(self.clock.now());
-        let mut tx = match self.begin_immediate().await {
-            Ok(tx) => tx,
-            Err(e) => return outcomes.iter().map(|_| Err(same_error(&e))).collect(),
-        };
-        // The processed ones (nearly all) with a few statements; whatever those did not mark
-        // (rejections, rows no longer pending) one by one, which also explains the failures.
-        let processed: Vec<String> = outcomes
-            .iter()
-            .filter(|(_, o)| matches!(o, DeliveryOutcome::Processed))
-            .map(|(id, _)| id.to_string())
-            .collect();
-        let mut marked = std::collections::HashSet::with_capacity(processed.len());
-        for chunk in processed.chunks(ROWS_PER_INSERT) {
-            let mut update = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "UPDATE deliveries SET state = 'processed', claimed_by = NULL, \
-                 claimed_until = NULL, finished_at = ",
-            );
-            update
-                .push_bind(now)
-                .push(" WHERE state = 'pending' AND id IN (");
-            let mut ids = update.separated(", ");
-            for id in chunk {
-                ids.push_bind(id.as_str());
-            }
-            update.push(") RETURNING id");
-            match update
-                .build_query_scalar::<String>()
-                .fetch_all(&mut *tx)
-                .await
-            {
-                Ok(ids) => marked.extend(ids),
-                Err(e) => {
-                    let e = db_error(e);
-                    return outcomes.iter().map(|_| Err(same_error(&e))).collect();
-                }
-            }
-        }
-        let mut results = Vec::with_capacity(outcomes.len());
-        for (id, outcome) in &outcomes {
-            if matches!(outcome, DeliveryOutcome::Processed) && marked.remove(&id.to_string()) {
-                results.push(Ok(()));
-                continue;
-            }
-            // One UPDATE is atomic on its own, so no savepoint is needed.
-            results.push(write_finish(&mut tx, *id, outcome, now).await);
-        }
-        if let Err(e) = tx.commit().await {
-            return outcomes.iter().map(|_| Err(same_error(&e))).collect();
-        }
-        results
+        self.ingest.finish(outcomes, ms(self.clock.now())).await
     }
 
     async fn retry_delivery(
@@ -1416,6 +1359,96 @@ mod tests {
         assert_eq!(kept.body, first.body, "the first body wins");
     }
 
+    /// A store whose inbox writer waits `window` for company, so requests made together
+    /// surely share one transaction.
+    async fn open_with_window(dir: &tempfile::TempDir, window: Duration) -> SqliteStore {
+        let tuning = SqliteTuning {
+            group_commit: GroupCommit {
+                window,
+                ..GroupCommit::default()
+            },
+            ..SqliteTuning::default()
+        };
+        SqliteStore::open_with_tuning(
+            &dir.path().join("w.db"),
+            Arc::new(ManualClock::new(at(0))),
+            tuning,
+        )
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_inbox_workers_claim_and_marks_ride_in_the_commit_of_deliveries_ingested_meanwhile()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_with_window(&dir, Duration::from_millis(300)).await;
+        let handled = delivery("evt-handled", 0);
+        store.insert_delivery(handled.clone()).await.unwrap();
+        let before = store.ingest_stats();
+        let new: Vec<NewDelivery> = (1..=3).map(|i| delivery(&format!("evt-{i}"), i)).collect();
+
+        let (marked, inserted, claimed) = tokio::join!(
+            store.finish_deliveries(vec![(handled.id, DeliveryOutcome::Processed)]),
+            futures::future::join_all(new.iter().map(|d| store.insert_delivery(d.clone()))),
+            store.claim_deliveries("w", at(10), secs(30), 10),
+        );
+
+        let after = store.ingest_stats();
+        assert_eq!(
+            after.transactions - before.transactions,
+            1,
+            "marks, rows and claim shared one transaction"
+        );
+        assert!(marked.iter().all(Result::is_ok), "{marked:?}");
+        assert!(inserted.iter().all(|o| matches!(o, Ok(InsertOutcome::Accepted(_)))));
+        let claimed = claimed.unwrap();
+        assert_eq!(
+            claimed.iter().map(|d| d.id).collect::<Vec<_>>(),
+            new.iter().map(|d| d.id).collect::<Vec<_>>(),
+            "the claim takes the rows committed with it, oldest first, and not the one being marked"
+        );
+        assert!(claimed.iter().all(|d| d.attempts == 1));
+        let state: String = sqlx::query_scalar("SELECT state FROM deliveries WHERE id = $1")
+            .bind(handled.id.to_string())
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(state, "processed");
+    }
+
+    #[tokio::test]
+    async fn a_claim_meeting_an_unreadable_row_is_refused_alone_and_leases_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_with_window(&dir, Duration::from_millis(300)).await;
+        let damaged = delivery("evt-damaged", 0);
+        store.insert_delivery(damaged.clone()).await.unwrap();
+        sqlx::query("UPDATE deliveries SET headers = 'not json' WHERE id = $1")
+            .bind(damaged.id.to_string())
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let fresh_row = delivery("evt-new", 1);
+
+        let (inserted, claimed) = tokio::join!(
+            store.insert_delivery(fresh_row.clone()),
+            store.claim_deliveries("w", at(10), secs(30), 10),
+        );
+
+        assert_eq!(inserted.unwrap(), InsertOutcome::Accepted(fresh_row.id));
+        assert!(
+            matches!(&claimed, Err(StoreError::Corrupt(m)) if m.contains("headers")),
+            "{claimed:?}"
+        );
+        let leased: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deliveries WHERE claimed_by IS NOT NULL OR attempts > 0",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(leased, 0, "the refused claim was undone, the insert kept");
+    }
+
     #[tokio::test]
     async fn a_batch_that_cannot_commit_fails_every_caller_with_unavailable_and_stores_nothing() {
         let dir = tempfile::tempdir().unwrap();
@@ -1442,15 +1475,25 @@ mod tests {
 
         let deliveries: Vec<NewDelivery> =
             (0..20).map(|i| delivery(&format!("evt-{i}"), i)).collect();
-        let outcomes =
-            futures::future::join_all(deliveries.iter().map(|d| store.insert_delivery(d.clone())))
-                .await;
+        let (outcomes, claimed, marked) = tokio::join!(
+            futures::future::join_all(deliveries.iter().map(|d| store.insert_delivery(d.clone()))),
+            store.claim_deliveries("w", at(10), secs(30), 10),
+            store.finish_deliveries(vec![(deliveries[0].id, DeliveryOutcome::Processed)]),
+        );
         for outcome in &outcomes {
             assert!(
                 matches!(outcome, Err(StoreError::Unavailable(m)) if m.contains("busy")),
                 "{outcome:?}"
             );
         }
+        assert!(
+            matches!(&claimed, Err(StoreError::Unavailable(m)) if m.contains("busy")),
+            "{claimed:?}"
+        );
+        assert!(
+            matches!(&marked[..], [Err(StoreError::Unavailable(m))] if m.contains("busy")),
+            "{marked:?}"
+        );
         assert!(store.ingest_stats().failed_batches >= 1);
 
         sqlx::query("ROLLBACK")

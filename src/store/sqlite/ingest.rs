@@ -1,11 +1,15 @@
-//! Group commit for the inbox: one writer task turns many concurrent `insert_delivery` calls
-//! into one `BEGIN IMMEDIATE … COMMIT`.
+//! Group commit for the inbox: one writer task turns every inbox write of this process — new
+//! deliveries from concurrent `insert_delivery` calls, and the inbox worker's claims and
+//! processed marks — into one `BEGIN IMMEDIATE … COMMIT`.
 //!
-//! Why: with `synchronous=FULL` every commit waits for an fsync, so committing each delivery on
-//! its own caps ingest at a few thousand rows per second no matter how fast the rest of the path
-//! is. Sharing one fsync between up to [`GroupCommit::max_batch`] rows lifts that cap by an order
-//! of magnitude while keeping the one promise ingress makes: **no caller hears anything before
-//! the commit that holds its row has returned.**
+//! Why: with `synchronous=FULL` every commit waits for an fsync, and SQLite has one write lock.
+//! Committing each delivery on its own caps ingest at a few thousand rows per second no matter
+//! how fast the rest of the path is; and when the inbox worker takes its own write turns to
+//! claim and mark what ingest just stored, ingest spends most of its time queueing behind it
+//! (the P1 benchmark measured 2.5 of those turns per ingest commit). Sharing one transaction
+//! and one fsync between up to [`GroupCommit::max_batch`] requests of either kind lifts both
+//! caps while keeping the one promise ingress makes: **no caller hears anything before the
+//! commit that holds its row has returned.**
 //!
 //! How a batch forms: the writer sleeps until a request arrives, then keeps taking requests
 //! until it holds `max_batch` of them or `window` has passed since the first one *was queued*,
@@ -15,14 +19,22 @@
 //! straight away with whatever else is queued: under load the commits follow each other back to
 //! back, and no row waits longer than one window plus the commit in progress.
 //!
+//! Inside the transaction, in this order: processed marks (so a claim in the same batch cannot
+//! hand out a delivery that is being marked), new deliveries in arrival order, then claims (so a
+//! claim can take the rows committed with it, sparing the worker a round).
+//!
 //! What each caller hears, only after the commit:
 //! - `Accepted(own id)` for a new (connector, dedupe key);
 //! - `Duplicate(first id)` for a repeat, including a repeat of a row earlier in the *same*
 //!   batch (rows are inserted in arrival order, so the first one wins);
 //! - the row's own error when only that row was refused (its id is already used);
+//! - a claim: its leased deliveries, or its own error when a claimed row cannot be read (that
+//!   claim is undone alone);
+//! - processed marks: one result per delivery (one no longer pending fails alone);
 //! - `Unavailable` for every caller of a batch whose transaction could not begin, write or
 //!   commit, so ingress answers 503 and the sender retries. Nothing of that batch is stored.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -33,9 +45,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::db_error;
 use super::gate::WriteGate;
-use crate::store::{InsertOutcome, StoreError};
+use super::{CLAIM_DELIVERIES, db_error, execute, write_finish};
+use crate::store::rows;
+use crate::store::{Delivery, DeliveryOutcome, InsertOutcome, StoreError};
 
 /// How the inbox writer batches inserts. The defaults suit SQLite on one local disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +89,9 @@ impl GroupCommit {
 /// Counters of the writer's work, so benchmarks and metrics can see how well batching works.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct IngestStats {
-    /// Transactions committed (or attempted) by the writer.
+    /// Transactions committed (or attempted) by the writer, with or without new deliveries.
+    pub transactions: u64,
+    /// Transactions holding at least one new delivery.
     pub batches: u64,
     /// Requests answered.
     pub rows: u64,
@@ -89,6 +104,7 @@ pub struct IngestStats {
 /// Shared counters behind [`IngestStats`].
 #[derive(Debug, Default)]
 struct Counters {
+    transactions: AtomicU64,
     batches: AtomicU64,
     rows: AtomicU64,
     largest_batch: AtomicU64,
@@ -109,10 +125,41 @@ pub(super) struct PreparedDelivery {
     pub(super) body: Vec<u8>,
 }
 
+/// What a caller wants done in the next transaction, and where its answer goes.
+enum Work {
+    /// A new delivery.
+    Insert {
+        row: PreparedDelivery,
+        reply: oneshot::Sender<Result<InsertOutcome, StoreError>>,
+    },
+    /// The inbox worker leasing its next deliveries.
+    Claim {
+        claim: Claim,
+        reply: oneshot::Sender<Result<Vec<Delivery>, StoreError>>,
+    },
+    /// The inbox worker marking what it handled.
+    Finish {
+        outcomes: Vec<(Uuid, DeliveryOutcome)>,
+        /// Unix milliseconds, stamped as `finished_at`.
+        now: i64,
+        reply: oneshot::Sender<Vec<Result<(), StoreError>>>,
+    },
+}
+
+/// A claim as `claim_deliveries` asked for it, in the units of the row.
+#[derive(Debug, Clone)]
+pub(super) struct Claim {
+    pub(super) worker: String,
+    /// Unix milliseconds.
+    pub(super) now: i64,
+    /// Unix milliseconds.
+    pub(super) until: i64,
+    pub(super) limit: i64,
+}
+
 /// One caller waiting for its batch.
 struct Request {
-    row: PreparedDelivery,
-    reply: oneshot::Sender<Result<InsertOutcome, StoreError>>,
+    work: Work,
     /// When the caller queued it: the window counts from here, not from when the writer got
     /// to it, so rows that queued during the previous commit do not wait a second time.
     queued_at: tokio::time::Instant,
@@ -131,10 +178,23 @@ pub(super) struct Ingest {
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Bodies and headers stay out of debug output.
+        let kind = match &self.work {
+            Work::Insert { .. } => "insert",
+            Work::Claim { .. } => "claim",
+            Work::Finish { .. } => "finish",
+        };
         f.debug_struct("Request")
-            .field("id", &self.row.id)
+            .field("kind", &kind)
             .finish_non_exhaustive()
     }
+}
+
+/// The error every caller of a batch that could not commit hears.
+fn unavailable(e: &StoreError) -> StoreError {
+    StoreError::Unavailable(match e {
+        StoreError::Unavailable(m) => m.clone(),
+        other => other.to_string(),
+    })
 }
 
 impl Ingest {
@@ -163,37 +223,57 @@ impl Ingest {
     /// Queues `row` and waits until the batch holding it has committed (or failed).
     pub(super) async fn insert(&self, row: PreparedDelivery) -> Result<InsertOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();
+        self.submit(Work::Insert { row, reply }).await?;
+        answer.await.unwrap_or_else(|_| Err(writer_died()))
+    }
+
+    /// Queues a claim and waits for the deliveries it leased, once their lease is committed.
+    pub(super) async fn claim(&self, claim: Claim) -> Result<Vec<Delivery>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Work::Claim { claim, reply }).await?;
+        answer.await.unwrap_or_else(|_| Err(writer_died()))
+    }
+
+    /// Queues processed marks and waits for one result per delivery, after their commit.
+    pub(super) async fn finish(
+        &self,
+        outcomes: Vec<(Uuid, DeliveryOutcome)>,
+        now: i64,
+    ) -> Vec<Result<(), StoreError>> {
+        let n = outcomes.len();
+        let (reply, answer) = oneshot::channel();
+        let failed = match self.submit(Work::Finish { outcomes, now, reply }).await {
+            Ok(()) => match answer.await {
+                Ok(results) => return results,
+                Err(_) => writer_died(),
+            },
+            Err(e) => e,
+        };
+        (0..n).map(|_| Err(unavailable(&failed))).collect()
+    }
+
+    /// Puts `work` in the writer's queue, waiting at most `enqueue_timeout` for room.
+    async fn submit(&self, work: Work) -> Result<(), StoreError> {
         let request = Request {
-            row,
-            reply,
+            work,
             queued_at: tokio::time::Instant::now(),
         };
         match tokio::time::timeout(self.enqueue_timeout, self.queue.send(request)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => {
-                return Err(StoreError::Unavailable(
-                    "the inbox writer has stopped".to_owned(),
-                ));
-            }
-            Err(_) => {
-                return Err(StoreError::Unavailable(format!(
-                    "the inbox writer queue stayed full for {} ms",
-                    self.enqueue_timeout.as_millis()
-                )));
-            }
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(StoreError::Unavailable(
+                "the inbox writer has stopped".to_owned(),
+            )),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "the inbox writer queue stayed full for {} ms",
+                self.enqueue_timeout.as_millis()
+            ))),
         }
-        // The writer answers every request it takes; a dropped sender means it died mid-batch,
-        // in which case the batch never committed.
-        answer.await.unwrap_or_else(|_| {
-            Err(StoreError::Unavailable(
-                "the inbox writer stopped before committing".to_owned(),
-            ))
-        })
     }
 
     /// Current counters.
     pub(super) fn stats(&self) -> IngestStats {
         IngestStats {
+            transactions: self.counters.transactions.load(Ordering::Relaxed),
             batches: self.counters.batches.load(Ordering::Relaxed),
             rows: self.counters.rows.load(Ordering::Relaxed),
             largest_batch: self.counters.largest_batch.load(Ordering::Relaxed),
@@ -207,6 +287,12 @@ impl Ingest {
         // A writer that panicked has nothing left to answer; its callers already got errors.
         let _ = self.writer.await;
     }
+}
+
+/// The writer answers every request it takes; a dropped answer means it died mid-batch, in
+/// which case the batch never committed.
+fn writer_died() -> StoreError {
+    StoreError::Unavailable("the inbox writer stopped before committing".to_owned())
 }
 
 /// The writer loop: form a batch, commit it, answer it; until every sender is gone.
@@ -247,6 +333,13 @@ async fn run<K>(
     drop(keep_alive);
 }
 
+/// What one request of a committed batch is answered.
+enum Answer {
+    Insert(Result<InsertOutcome, StoreError>),
+    Claim(Result<Vec<Delivery>, StoreError>),
+    Finish(Vec<Result<(), StoreError>>),
+}
+
 /// Writes `batch` in one transaction and answers every request in it, emptying it.
 async fn commit_batch(
     pool: &SqlitePool,
@@ -254,72 +347,208 @@ async fn commit_batch(
     batch: &mut Vec<Request>,
     counters: &Counters,
 ) {
-    let n = batch.len() as u64;
-    counters.batches.fetch_add(1, Ordering::Relaxed);
-    counters.rows.fetch_add(n, Ordering::Relaxed);
-    counters.largest_batch.fetch_max(n, Ordering::Relaxed);
-    metrics::histogram!("jitbridge_ingest_batch_rows").record(n as f64);
+    let rows = batch
+        .iter()
+        .filter(|r| matches!(r.work, Work::Insert { .. }))
+        .count() as u64;
+    counters.transactions.fetch_add(1, Ordering::Relaxed);
+    if rows > 0 {
+        counters.batches.fetch_add(1, Ordering::Relaxed);
+        counters.rows.fetch_add(rows, Ordering::Relaxed);
+        counters.largest_batch.fetch_max(rows, Ordering::Relaxed);
+        metrics::histogram!("jitbridge_ingest_batch_rows").record(rows as f64);
+    }
 
     let started = std::time::Instant::now();
     let written = write_batch(pool, gate, batch).await;
-    // From asking for the write turn to the commit's return: what every row of the batch
+    // From asking for the write turn to the commit's return: what every request of the batch
     // waited for on top of the window.
     metrics::histogram!("jitbridge_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
     match written {
-        Ok(outcomes) => {
-            for (request, outcome) in batch.drain(..).zip(outcomes) {
-                // A caller that gave up (request timeout) no longer listens; its row is stored
-                // all the same and a retry will be told it is a duplicate.
-                let _ = request.reply.send(outcome);
+        Ok(answers) => {
+            // A caller that gave up (request timeout) no longer listens; its row is stored
+            // all the same and a retry will be told it is a duplicate.
+            for (request, answer) in batch.drain(..).zip(answers) {
+                match (request.work, answer) {
+                    (Work::Insert { reply, .. }, Answer::Insert(a)) => drop(reply.send(a)),
+                    (Work::Claim { reply, .. }, Answer::Claim(a)) => drop(reply.send(a)),
+                    (Work::Finish { reply, .. }, Answer::Finish(a)) => drop(reply.send(a)),
+                    // `write_batch` answers each request in its own kind; dropping the reply
+                    // would still tell the caller the batch failed.
+                    _ => {}
+                }
             }
         }
         Err(e) => {
-            counters.failed_batches.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(rows = n, error = %e, "inbox batch failed; every delivery in it answered 503");
-            let msg = match e {
-                StoreError::Unavailable(m) => m,
-                other => other.to_string(),
-            };
+            if rows > 0 {
+                counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::warn!(requests = batch.len(), rows, error = %e, "inbox batch failed; every delivery in it answered 503");
             for request in batch.drain(..) {
-                let _ = request
-                    .reply
-                    .send(Err(StoreError::Unavailable(msg.clone())));
+                match request.work {
+                    Work::Insert { reply, .. } => drop(reply.send(Err(unavailable(&e)))),
+                    Work::Claim { reply, .. } => drop(reply.send(Err(unavailable(&e)))),
+                    Work::Finish {
+                        outcomes, reply, ..
+                    } => drop(reply.send(outcomes.iter().map(|_| Err(unavailable(&e))).collect())),
+                }
             }
         }
     }
 }
 
-/// Inserts every row of `batch` in arrival order inside one `BEGIN IMMEDIATE` transaction.
-/// Returns each row's outcome once the commit returned, or the error that sank the batch.
+/// Writes every request of `batch` inside one `BEGIN IMMEDIATE` transaction: processed marks,
+/// then new rows in arrival order, then claims. Returns each request's answer (in batch order)
+/// once the commit returned, or the error that sank the batch.
 async fn write_batch(
     pool: &SqlitePool,
     gate: &WriteGate,
     batch: &[Request],
-) -> Result<Vec<Result<InsertOutcome, StoreError>>, StoreError> {
+) -> Result<Vec<Answer>, StoreError> {
     let mut tx = gate.begin(pool).await?;
-    let outcomes = match insert_all(&mut tx, batch).await {
-        Ok(outcomes) => outcomes,
-        // Anything else (busy, I/O, a damaged file) sinks the batch; dropping `tx` rolls back
-        // whatever was written.
-        Err(RowError::Batch(e)) => return Err(e),
+    let mut answers: Vec<Option<Answer>> = batch.iter().map(|_| None).collect();
+    for (slot, request) in answers.iter_mut().zip(batch) {
+        if let Work::Finish { outcomes, now, .. } = &request.work {
+            *slot = Some(Answer::Finish(finish_all(&mut tx, outcomes, *now).await?));
+        }
+    }
+    let rows: Vec<&PreparedDelivery> = batch
+        .iter()
+        .filter_map(|r| match &r.work {
+            Work::Insert { row, .. } => Some(row),
+            _ => None,
+        })
+        .collect();
+    let mut inserted = insert_rows(&mut tx, &rows).await?.into_iter();
+    for (slot, request) in answers.iter_mut().zip(batch) {
+        match &request.work {
+            Work::Insert { .. } => {
+                *slot = inserted.next().map(Answer::Insert);
+            }
+            Work::Claim { claim, .. } => {
+                *slot = Some(Answer::Claim(claim_rows(&mut tx, claim).await?));
+            }
+            Work::Finish { .. } => {}
+        }
+    }
+    tx.commit().await?;
+    answers
+        .into_iter()
+        .map(|a| a.ok_or_else(|| StoreError::Unavailable("inbox batch lost an answer".to_owned())))
+        .collect()
+}
+
+/// Inserts `rows` in arrival order; the batch-level error sinks the transaction.
+async fn insert_rows(
+    conn: &mut SqliteConnection,
+    rows: &[&PreparedDelivery],
+) -> Result<Vec<Result<InsertOutcome, StoreError>>, StoreError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    match insert_all(&mut *conn, rows).await {
+        Ok(outcomes) => Ok(outcomes),
+        // Anything else (busy, I/O, a damaged file) sinks the batch; dropping the transaction
+        // rolls back whatever was written.
+        Err(RowError::Batch(e)) => Err(e),
         // A constraint refused a row (its id is already used), which undid that multi-row
         // statement: insert row by row, so that only that row fails (rows an earlier statement
         // of the batch wrote are recognized as this batch's own).
         Err(RowError::Row(_)) => {
-            let mut outcomes = Vec::with_capacity(batch.len());
-            for request in batch {
-                match insert_one(&mut tx, &request.row).await {
+            let mut outcomes = Vec::with_capacity(rows.len());
+            for row in rows {
+                match insert_one(&mut *conn, row).await {
                     Ok(outcome) => outcomes.push(Ok(outcome)),
                     // SQLite undid that one statement; the transaction goes on for the others.
                     Err(RowError::Row(e)) => outcomes.push(Err(e)),
                     Err(RowError::Batch(e)) => return Err(e),
                 }
             }
-            outcomes
+            Ok(outcomes)
         }
-    };
-    tx.commit().await?;
-    Ok(outcomes)
+    }
+}
+
+/// Leases the oldest claimable deliveries inside a savepoint, so a claimed row that cannot be
+/// decoded undoes this claim alone (it is answered with the error and nothing is leased)
+/// instead of sinking the deliveries committed with it. The outer error sinks the batch.
+async fn claim_rows(
+    conn: &mut SqliteConnection,
+    claim: &Claim,
+) -> Result<Result<Vec<Delivery>, StoreError>, StoreError> {
+    execute(&mut *conn, "SAVEPOINT claim").await?;
+    // `attempts` counts claims, so a delivery that crashes its worker is still counted.
+    let rows = sqlx::query(CLAIM_DELIVERIES)
+        .bind(claim.worker.as_str())
+        .bind(claim.until)
+        .bind(claim.now)
+        .bind(claim.limit)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    let decoded = rows
+        .iter()
+        .map(rows::delivery)
+        .collect::<Result<Vec<_>, _>>();
+    if decoded.is_err() {
+        execute(&mut *conn, "ROLLBACK TO claim").await?;
+    }
+    execute(&mut *conn, "RELEASE claim").await?;
+    Ok(decoded.map(|mut claimed| {
+        claimed.sort_by_key(|d| (d.received_at, d.id));
+        claimed
+    }))
+}
+
+/// Marks deliveries processed or rejected: the processed ones (nearly all) with a few
+/// statements; whatever those did not mark (rejections, rows no longer pending) one by one,
+/// which also explains the failures. A delivery that is no longer pending fails alone; the
+/// outer error sinks the batch.
+async fn finish_all(
+    conn: &mut SqliteConnection,
+    outcomes: &[(Uuid, DeliveryOutcome)],
+    now: i64,
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let processed: Vec<String> = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, DeliveryOutcome::Processed))
+        .map(|(id, _)| id.to_string())
+        .collect();
+    let mut marked = HashSet::with_capacity(processed.len());
+    for chunk in processed.chunks(ROWS_PER_INSERT) {
+        let mut update = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "UPDATE deliveries SET state = 'processed', claimed_by = NULL, \
+             claimed_until = NULL, finished_at = ",
+        );
+        update
+            .push_bind(now)
+            .push(" WHERE state = 'pending' AND id IN (");
+        let mut ids = update.separated(", ");
+        for id in chunk {
+            ids.push_bind(id.as_str());
+        }
+        update.push(") RETURNING id");
+        let ids = update
+            .build_query_scalar::<String>()
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db_error)?;
+        marked.extend(ids);
+    }
+    let mut results = Vec::with_capacity(outcomes.len());
+    for (id, outcome) in outcomes {
+        if matches!(outcome, DeliveryOutcome::Processed) && marked.remove(&id.to_string()) {
+            results.push(Ok(()));
+            continue;
+        }
+        // One UPDATE is atomic on its own, so no savepoint is needed.
+        results.push(match write_finish(&mut *conn, *id, outcome, now).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::Conflict(m)) => Err(StoreError::Conflict(m)),
+            Err(other) => return Err(other),
+        });
+    }
+    Ok(results)
 }
 
 /// Rows per multi-row INSERT (7 parameters each).
@@ -330,16 +559,15 @@ const ROWS_PER_INSERT: usize = 200;
 /// duplicate. Rows that were not inserted are duplicates: their first id is looked up.
 async fn insert_all(
     conn: &mut SqliteConnection,
-    batch: &[Request],
+    batch: &[&PreparedDelivery],
 ) -> Result<Vec<Result<InsertOutcome, StoreError>>, RowError> {
-    let mut inserted = std::collections::HashSet::with_capacity(batch.len());
+    let mut inserted = HashSet::with_capacity(batch.len());
     for chunk in batch.chunks(ROWS_PER_INSERT) {
         let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO deliveries (id, connector, dedupe_key, received_at, headers, body, \
              state, attempts, next_at) ",
         );
-        insert.push_values(chunk, |mut row, request| {
-            let d = &request.row;
+        insert.push_values(chunk, |mut row, d| {
             row.push_bind(d.id.to_string())
                 .push_bind(d.connector.as_str())
                 .push_bind(d.dedupe_key.as_str())
@@ -359,8 +587,7 @@ async fn insert_all(
         inserted.extend(ids);
     }
     let mut outcomes = Vec::with_capacity(batch.len());
-    for request in batch {
-        let d = &request.row;
+    for d in batch {
         if inserted.contains(&d.id.to_string()) {
             outcomes.push(Ok(InsertOutcome::Accepted(d.id)));
             continue;
