@@ -165,6 +165,10 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .min_connections(1)
+            // A connection to a local file cannot drop like a network one, so sqlx's default
+            // ping before every acquire would only add a round trip to the connection's
+            // thread to every statement (measured: a fifth of each inbox commit).
+            .test_before_acquire(false)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await
