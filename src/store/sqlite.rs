@@ -420,13 +420,15 @@ async fn mark_job_done(conn: &mut SqliteConnection, id: Uuid, at: i64) -> Result
     Ok(())
 }
 
-/// Claims the oldest claimable pending deliveries: `$1` worker, `$2` lease end, `$3` now,
-/// `$4` limit. Walks the pending-only index in arrival order and stops at the limit.
-const CLAIM_DELIVERIES: &str = "UPDATE deliveries SET claimed_by = $1, claimed_until = $2, \
+/// Claims the oldest claimable pending deliveries. Binds, in order: worker, lease end, now,
+/// now again, limit (plain `?` placeholders, so the statement can also run as one of several in
+/// the inbox writer's single command, where numbered ones would count from the first
+/// statement). Walks the pending-only index in arrival order and stops at the limit.
+const CLAIM_DELIVERIES: &str = "UPDATE deliveries SET claimed_by = ?, claimed_until = ?, \
      attempts = attempts + 1 \
-     WHERE id IN (SELECT id FROM deliveries WHERE state = 'pending' AND next_at <= $3 \
-       AND (claimed_until IS NULL OR claimed_until <= $3) \
-       ORDER BY received_at, id LIMIT $4) \
+     WHERE id IN (SELECT id FROM deliveries WHERE state = 'pending' AND next_at <= ? \
+       AND (claimed_until IS NULL OR claimed_until <= ?) \
+       ORDER BY received_at, id LIMIT ?) \
      RETURNING id, connector, dedupe_key, received_at, headers, body, attempts";
 
 /// Claims the head job of each (lane, queue key): `$1` worker, `$2` lease end, `$3` lane,
@@ -1404,8 +1406,13 @@ mod tests {
             1,
             "marks, rows and claim shared one transaction"
         );
+        assert_eq!(after.stepwise, before.stepwise, "sent as one command");
         assert!(marked.iter().all(Result::is_ok), "{marked:?}");
-        assert!(inserted.iter().all(|o| matches!(o, Ok(InsertOutcome::Accepted(_)))));
+        assert!(
+            inserted
+                .iter()
+                .all(|o| matches!(o, Ok(InsertOutcome::Accepted(_))))
+        );
         let claimed = claimed.unwrap();
         assert_eq!(
             claimed.iter().map(|d| d.id).collect::<Vec<_>>(),
@@ -1419,6 +1426,92 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(state, "processed");
+    }
+
+    #[tokio::test]
+    async fn a_batch_sent_as_one_command_explains_each_refusal_and_falls_back_when_a_row_is_refused()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_with_window(&dir, Duration::from_millis(300)).await;
+        let original = delivery("evt-original", 0);
+        let pending = delivery("evt-pending", 1);
+        let done = delivery("evt-done", 2);
+        for d in [&original, &pending, &done] {
+            store.insert_delivery(d.clone()).await.unwrap();
+        }
+        store
+            .finish_delivery(done.id, DeliveryOutcome::Processed)
+            .await
+            .unwrap();
+        let before = store.ingest_stats();
+
+        // One command: marks (one no longer pending, one unknown), a repeat, a new row, a claim.
+        let repeat = delivery("evt-original", 3);
+        let new = delivery("evt-new", 4);
+        let unknown = Uuid::now_v7();
+        let (marked, inserted, claimed) = tokio::join!(
+            store.finish_deliveries(vec![
+                (pending.id, DeliveryOutcome::Processed),
+                (done.id, DeliveryOutcome::Processed),
+                (unknown, DeliveryOutcome::Processed),
+            ]),
+            futures::future::join_all([&repeat, &new].map(|d| store.insert_delivery(d.clone()))),
+            store.claim_deliveries("w", at(10), secs(30), 10),
+        );
+        assert_eq!(store.ingest_stats().stepwise, before.stepwise);
+        assert!(marked[0].is_ok(), "{marked:?}");
+        assert!(
+            matches!(&marked[1], Err(StoreError::Conflict(m)) if m.contains("is processed")),
+            "{marked:?}"
+        );
+        assert!(
+            matches!(&marked[2], Err(StoreError::Conflict(m)) if m.contains("does not exist")),
+            "{marked:?}"
+        );
+        let inserted: Vec<InsertOutcome> = inserted.into_iter().map(Result::unwrap).collect();
+        assert_eq!(
+            inserted,
+            vec![
+                InsertOutcome::Duplicate(original.id),
+                InsertOutcome::Accepted(new.id)
+            ]
+        );
+        assert_eq!(
+            claimed.unwrap().iter().map(|d| d.id).collect::<Vec<_>>(),
+            vec![original.id, new.id]
+        );
+
+        // A reused id makes SQLite refuse the command: it is rolled back and redone statement
+        // by statement, where only that row fails.
+        let mut clash = delivery("evt-clash", 5);
+        clash.id = original.id;
+        let fine = delivery("evt-fine", 6);
+        let (inserted, claimed) = tokio::join!(
+            futures::future::join_all([&clash, &fine].map(|d| store.insert_delivery(d.clone()))),
+            store.claim_deliveries("w", at(10), secs(30), 10),
+        );
+        assert_eq!(store.ingest_stats().stepwise, before.stepwise + 1);
+        assert!(
+            matches!(&inserted[0], Err(StoreError::Conflict(m)) if m.contains("already used")),
+            "{inserted:?}"
+        );
+        assert_eq!(
+            inserted[1].as_ref().unwrap(),
+            &InsertOutcome::Accepted(fine.id)
+        );
+        assert_eq!(
+            claimed.unwrap().iter().map(|d| d.id).collect::<Vec<_>>(),
+            vec![fine.id]
+        );
+
+        // No pooled connection was left inside the refused transaction.
+        for n in 0..2 * MAX_CONNECTIONS {
+            let d = delivery(&format!("evt-after-{n}"), 7);
+            assert_eq!(
+                store.insert_delivery(d.clone()).await.unwrap(),
+                InsertOutcome::Accepted(d.id)
+            );
+        }
     }
 
     #[tokio::test]
@@ -1707,7 +1800,7 @@ mod tests {
         assert!(jobs.contains("USING INDEX jobs_claimable"), "{jobs}");
         assert!(jobs.contains("jobs_queue_order"), "{jobs}");
         assert!(!jobs.contains("TEMP B-TREE"), "{jobs}");
-        let deliveries = plan_of(&store, CLAIM_DELIVERIES, 4).await;
+        let deliveries = plan_of(&store, CLAIM_DELIVERIES, 5).await;
         assert!(deliveries.contains("deliveries_claimable"), "{deliveries}");
         assert!(!deliveries.contains("TEMP B-TREE"), "{deliveries}");
         let counts = plan_of(&store, crate::store::reads::COUNT_LIVE_GRANTS, 2).await;

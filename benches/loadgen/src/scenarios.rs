@@ -78,7 +78,7 @@ impl Settings {
             },
             restart_grants: if quick { 5_000 } else { 100_000 },
             max_batch: 128,
-            window_us: 2_000,
+            window_us: 0,
             work,
         }
     }

@@ -13,7 +13,7 @@
 //!
 //! How a batch forms: the writer sleeps until a request arrives, then keeps taking requests
 //! until it holds `max_batch` of them or `window` has passed since the first one *was queued*,
-//! whichever comes first. Requests that arrive while a batch commits simply queue (the queue is
+//! whichever comes first (the default window is zero: take whatever is queued). Requests that arrive while a batch commits simply queue (the queue is
 //! bounded, so a stalled disk pushes back on the HTTP handlers instead of growing memory); by
 //! the time the writer is free they have usually waited out the window, so they are committed
 //! straight away with whatever else is queued: under load the commits follow each other back to
@@ -39,8 +39,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures::FutureExt;
-use sqlx::{SqliteConnection, SqlitePool};
+use futures::{FutureExt, StreamExt};
+use sqlx::pool::PoolConnection;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Either, Executor, Row, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -68,7 +70,10 @@ impl Default for GroupCommit {
     fn default() -> Self {
         Self {
             max_batch: 128,
-            window: Duration::from_millis(2),
+            // Measured (P1, P2): once the inbox worker's writes ride in the same commits, waiting
+            // for company only adds latency. Under load, requests queue while the previous
+            // commit runs, and those form the next batch.
+            window: Duration::ZERO,
             queue: 4096,
         }
     }
@@ -93,6 +98,9 @@ pub struct IngestStats {
     pub transactions: u64,
     /// Transactions holding at least one new delivery.
     pub batches: u64,
+    /// Transactions written statement by statement instead of as one command (a row was
+    /// refused, a mark carried a rejection, or the rows did not fit one INSERT).
+    pub stepwise: u64,
     /// Requests answered.
     pub rows: u64,
     /// Largest batch seen so far.
@@ -106,6 +114,7 @@ pub struct IngestStats {
 struct Counters {
     transactions: AtomicU64,
     batches: AtomicU64,
+    stepwise: AtomicU64,
     rows: AtomicU64,
     largest_batch: AtomicU64,
     failed_batches: AtomicU64,
@@ -242,7 +251,14 @@ impl Ingest {
     ) -> Vec<Result<(), StoreError>> {
         let n = outcomes.len();
         let (reply, answer) = oneshot::channel();
-        let failed = match self.submit(Work::Finish { outcomes, now, reply }).await {
+        let failed = match self
+            .submit(Work::Finish {
+                outcomes,
+                now,
+                reply,
+            })
+            .await
+        {
             Ok(()) => match answer.await {
                 Ok(results) => return results,
                 Err(_) => writer_died(),
@@ -275,6 +291,7 @@ impl Ingest {
         IngestStats {
             transactions: self.counters.transactions.load(Ordering::Relaxed),
             batches: self.counters.batches.load(Ordering::Relaxed),
+            stepwise: self.counters.stepwise.load(Ordering::Relaxed),
             rows: self.counters.rows.load(Ordering::Relaxed),
             largest_batch: self.counters.largest_batch.load(Ordering::Relaxed),
             failed_batches: self.counters.failed_batches.load(Ordering::Relaxed),
@@ -360,7 +377,7 @@ async fn commit_batch(
     }
 
     let started = std::time::Instant::now();
-    let written = write_batch(pool, gate, batch).await;
+    let written = write_batch(pool, gate, batch, counters).await;
     // From asking for the write turn to the commit's return: what every request of the batch
     // waited for on top of the window.
     metrics::histogram!("jitbridge_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
@@ -397,10 +414,287 @@ async fn commit_batch(
     }
 }
 
-/// Writes every request of `batch` inside one `BEGIN IMMEDIATE` transaction: processed marks,
-/// then new rows in arrival order, then claims. Returns each request's answer (in batch order)
-/// once the commit returned, or the error that sank the batch.
+/// Writes `batch` in one transaction: as a single command when it can (see [`write_in_one_trip`]),
+/// otherwise statement by statement. Returns each request's answer, in batch order, once the
+/// commit returned, or the error that sank the batch.
 async fn write_batch(
+    pool: &SqlitePool,
+    gate: &WriteGate,
+    batch: &[Request],
+    counters: &Counters,
+) -> Result<Vec<Answer>, StoreError> {
+    if fits_one_trip(batch) {
+        match write_in_one_trip(pool, gate, batch).await {
+            Ok(answers) => return Ok(answers),
+            Err(RowError::Batch(e)) => return Err(e),
+            // A constraint refused a new row (its id is already used) and the transaction was
+            // rolled back: redo it statement by statement, where only that row fails.
+            Err(RowError::Row(_)) => {}
+        }
+    }
+    counters.stepwise.fetch_add(1, Ordering::Relaxed);
+    write_batch_stepwise(pool, gate, batch).await
+}
+
+/// Whether [`write_in_one_trip`] can take the batch: its new rows fit one INSERT, and its marks
+/// are all `Processed` (a rejection keeps its reason, written row by row).
+fn fits_one_trip(batch: &[Request]) -> bool {
+    let mut rows = 0;
+    for request in batch {
+        match &request.work {
+            Work::Insert { .. } => rows += 1,
+            Work::Finish { outcomes, .. } => {
+                if !outcomes
+                    .iter()
+                    .all(|(_, o)| matches!(o, DeliveryOutcome::Processed))
+                {
+                    return false;
+                }
+            }
+            Work::Claim { .. } => {}
+        }
+    }
+    rows <= ROWS_PER_INSERT
+}
+
+/// The new deliveries of `batch`, in arrival order.
+fn new_rows(batch: &[Request]) -> Vec<&PreparedDelivery> {
+    batch
+        .iter()
+        .filter_map(|r| match &r.work {
+            Work::Insert { row, .. } => Some(row),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What one statement of the single command is for, so its rows reach the right request.
+#[derive(Clone, Copy)]
+enum Statement {
+    /// `BEGIN IMMEDIATE` or `COMMIT`: no rows.
+    Control,
+    /// The processed marks of request `n`: the ids it marked.
+    Finish(usize),
+    /// Every new row of the batch: the ids inserted.
+    Insert,
+    /// The claim of request `n`: the deliveries it leased.
+    Claim(usize),
+}
+
+/// The whole transaction as one command to the connection's thread: `BEGIN IMMEDIATE`, one
+/// `UPDATE` per request of marks, one multi-row `INSERT`, one `UPDATE … RETURNING` per claim,
+/// `COMMIT`. Each statement sent on its own costs a hand-off to SQLite's thread and back, and
+/// on a busy 2-core machine those round trips, not SQLite, were most of a commit's time (the
+/// P1 benchmark measured ≈ 0.3 ms each, five to eight per batch). sqlx runs the statements of
+/// one query in order, binding its `?` parameters across them, and reports where each ends.
+///
+/// Anything a statement leaves unexplained is looked up after the commit, outside the write
+/// lock: the first holder of a duplicate's dedupe key, the state of a delivery that was no
+/// longer pending. Neither can change by then (deliveries are never deleted, and a delivery
+/// that left `pending` never returns to it). A claim whose rows cannot be decoded is undone by
+/// a second short write and answered with the error, as the statement-by-statement path does.
+async fn write_in_one_trip(
+    pool: &SqlitePool,
+    gate: &WriteGate,
+    batch: &[Request],
+) -> Result<Vec<Answer>, RowError> {
+    let mut statements = vec![Statement::Control];
+    let mut command = sqlx::QueryBuilder::<sqlx::Sqlite>::new("BEGIN IMMEDIATE; ");
+    for (n, request) in batch.iter().enumerate() {
+        if let Work::Finish { outcomes, now, .. } = &request.work {
+            let ids: Vec<String> = outcomes.iter().map(|(id, _)| id.to_string()).collect();
+            let ids = serde_json::to_string(&ids)
+                .map_err(|e| RowError::Batch(StoreError::Unavailable(e.to_string())))?;
+            command
+                .push(
+                    "UPDATE deliveries SET state = 'processed', claimed_by = NULL, \
+                     claimed_until = NULL, finished_at = ",
+                )
+                .push_bind(*now)
+                .push(" WHERE state = 'pending' AND id IN (SELECT value FROM json_each(")
+                .push_bind(ids)
+                .push(")) RETURNING id; ");
+            statements.push(Statement::Finish(n));
+        }
+    }
+    let rows = new_rows(batch);
+    if !rows.is_empty() {
+        push_insert(&mut command, &rows);
+        command.push("; ");
+        statements.push(Statement::Insert);
+    }
+    for (n, request) in batch.iter().enumerate() {
+        if let Work::Claim { claim, .. } = &request.work {
+            command.push("UPDATE deliveries SET claimed_by = ");
+            command
+                .push_bind(claim.worker.as_str())
+                .push(", claimed_until = ")
+                .push_bind(claim.until)
+                .push(
+                    ", attempts = attempts + 1 WHERE id IN (SELECT id FROM deliveries \
+                     WHERE state = 'pending' AND next_at <= ",
+                )
+                .push_bind(claim.now)
+                .push(" AND (claimed_until IS NULL OR claimed_until <= ")
+                .push_bind(claim.now)
+                .push(") ORDER BY received_at, id LIMIT ")
+                .push_bind(claim.limit)
+                .push(
+                    ") RETURNING id, connector, dedupe_key, received_at, headers, body, \
+                     attempts; ",
+                );
+            statements.push(Statement::Claim(n));
+        }
+    }
+    command.push("COMMIT");
+    statements.push(Statement::Control);
+
+    let mut marked: Vec<HashSet<String>> = batch.iter().map(|_| HashSet::new()).collect();
+    let mut inserted = HashSet::with_capacity(rows.len());
+    let mut claimed: Vec<Vec<SqliteRow>> = batch.iter().map(|_| Vec::new()).collect();
+    let mut conn = {
+        let _turn = gate.turn().await.map_err(RowError::Batch)?;
+        let mut conn = pool
+            .acquire()
+            .await
+            .map_err(|e| RowError::Batch(db_error(e)))?;
+        let mut done = 0; // statements finished so far
+        let mut failed = None;
+        {
+            // Not cached: the text changes with every batch's shape.
+            let mut results = conn.fetch_many(command.build().persistent(false));
+            while let Some(item) = results.next().await {
+                match item {
+                    Ok(Either::Left(_)) => done += 1,
+                    Ok(Either::Right(row)) => match statements.get(done) {
+                        Some(Statement::Finish(n)) => {
+                            marked[*n].insert(row.try_get::<String, _>(0).unwrap_or_default());
+                        }
+                        Some(Statement::Insert) => {
+                            inserted.insert(row.try_get::<String, _>(0).unwrap_or_default());
+                        }
+                        Some(Statement::Claim(n)) => claimed[*n].push(row),
+                        Some(Statement::Control) | None => {}
+                    },
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(e) = failed {
+            // `BEGIN` itself failing leaves no transaction to undo.
+            if done > 0 {
+                undo(&mut conn).await;
+            }
+            return Err(row_error(e));
+        }
+        conn
+    };
+
+    // Committed: from here on a failure concerns only the request it meets, never the batch
+    // (redoing or refusing a committed batch would answer its rows wrongly).
+    let mut answers = Vec::with_capacity(batch.len());
+    let mut rows = rows.into_iter();
+    for (n, request) in batch.iter().enumerate() {
+        answers.push(match &request.work {
+            Work::Insert { .. } => Answer::Insert(match rows.next() {
+                Some(d) if inserted.contains(&d.id.to_string()) => {
+                    Ok(InsertOutcome::Accepted(d.id))
+                }
+                Some(d) => match first_of(&mut conn, d).await {
+                    Ok(Ok(first)) if first == d.id => Ok(InsertOutcome::Accepted(first)),
+                    Ok(Ok(first)) => Ok(InsertOutcome::Duplicate(first)),
+                    Ok(Err(e)) | Err(RowError::Row(e) | RowError::Batch(e)) => Err(e),
+                },
+                None => Err(StoreError::Unavailable("inbox batch lost a row".to_owned())),
+            }),
+            Work::Finish { outcomes, .. } => {
+                let mut results = Vec::with_capacity(outcomes.len());
+                for (id, _) in outcomes {
+                    results.push(if marked[n].contains(&id.to_string()) {
+                        Ok(())
+                    } else {
+                        Err(not_pending(&mut conn, *id).await.unwrap_or_else(|e| e))
+                    });
+                }
+                Answer::Finish(results)
+            }
+            Work::Claim { claim, .. } => {
+                let rows = std::mem::take(&mut claimed[n]);
+                Answer::Claim(decode_claim(pool, gate, claim, rows).await)
+            }
+        });
+    }
+    Ok(answers)
+}
+
+/// Rolls back what a failed single command left open; a connection that cannot even roll back
+/// is closed instead of going back to the pool inside a transaction.
+async fn undo(conn: &mut PoolConnection<sqlx::Sqlite>) {
+    if let Err(e) = execute(&mut *conn, "ROLLBACK").await {
+        tracing::warn!(error = %e, "inbox batch could not roll back; closing its connection");
+        conn.close_on_drop();
+    }
+}
+
+/// Why a delivery the marks did not change is not pending.
+async fn not_pending(conn: &mut SqliteConnection, id: Uuid) -> Result<StoreError, StoreError> {
+    let state = sqlx::query_scalar::<_, String>("SELECT state FROM deliveries WHERE id = $1")
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    Ok(StoreError::Conflict(match state {
+        Some(state) => format!("delivery {id} is {state}, no longer pending"),
+        None => format!("delivery {id} does not exist"),
+    }))
+}
+
+/// Decodes a committed claim. If a row cannot be decoded, the claim is given back (leases
+/// released, attempts restored) and answered with the error, so a damaged row neither hands
+/// the worker half a claim nor leaves deliveries leased to nobody. Should even that write fail,
+/// its error is the answer and the leases lapse as after a crash.
+async fn decode_claim(
+    pool: &SqlitePool,
+    gate: &WriteGate,
+    claim: &Claim,
+    rows: Vec<SqliteRow>,
+) -> Result<Vec<Delivery>, StoreError> {
+    let decoded = rows
+        .iter()
+        .map(rows::delivery)
+        .collect::<Result<Vec<_>, _>>();
+    let error = match decoded {
+        Ok(mut claimed) => {
+            claimed.sort_by_key(|d| (d.received_at, d.id));
+            return Ok(claimed);
+        }
+        Err(e) => e,
+    };
+    let ids: Vec<String> = rows
+        .iter()
+        .filter_map(|r| r.try_get::<String, _>("id").ok())
+        .collect();
+    let ids = serde_json::to_string(&ids).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let _turn = gate.turn().await?;
+    sqlx::query(
+        "UPDATE deliveries SET claimed_by = NULL, claimed_until = NULL, attempts = attempts - 1 \
+         WHERE claimed_by = $1 AND claimed_until = $2 AND id IN (SELECT value FROM json_each($3))",
+    )
+    .bind(claim.worker.as_str())
+    .bind(claim.until)
+    .bind(ids)
+    .execute(pool)
+    .await
+    .map_err(db_error)?;
+    Err(error)
+}
+
+/// Writes every request of `batch` inside one `BEGIN IMMEDIATE` transaction, one statement at
+/// a time: processed marks, then new rows in arrival order, then claims.
+async fn write_batch_stepwise(
     pool: &SqlitePool,
     gate: &WriteGate,
     batch: &[Request],
@@ -412,13 +706,7 @@ async fn write_batch(
             *slot = Some(Answer::Finish(finish_all(&mut tx, outcomes, *now).await?));
         }
     }
-    let rows: Vec<&PreparedDelivery> = batch
-        .iter()
-        .filter_map(|r| match &r.work {
-            Work::Insert { row, .. } => Some(row),
-            _ => None,
-        })
-        .collect();
+    let rows = new_rows(batch);
     let mut inserted = insert_rows(&mut tx, &rows).await?.into_iter();
     for (slot, request) in answers.iter_mut().zip(batch) {
         match &request.work {
@@ -481,6 +769,7 @@ async fn claim_rows(
     let rows = sqlx::query(CLAIM_DELIVERIES)
         .bind(claim.worker.as_str())
         .bind(claim.until)
+        .bind(claim.now)
         .bind(claim.now)
         .bind(claim.limit)
         .fetch_all(&mut *conn)
@@ -551,7 +840,7 @@ async fn finish_all(
     Ok(results)
 }
 
-/// Rows per multi-row INSERT (7 parameters each).
+/// Rows per multi-row INSERT (9 parameters each, far below SQLite's limit of 32,766).
 const ROWS_PER_INSERT: usize = 200;
 
 /// Inserts the whole batch with a few multi-row statements (`ON CONFLICT … DO NOTHING
@@ -563,22 +852,8 @@ async fn insert_all(
 ) -> Result<Vec<Result<InsertOutcome, StoreError>>, RowError> {
     let mut inserted = HashSet::with_capacity(batch.len());
     for chunk in batch.chunks(ROWS_PER_INSERT) {
-        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO deliveries (id, connector, dedupe_key, received_at, headers, body, \
-             state, attempts, next_at) ",
-        );
-        insert.push_values(chunk, |mut row, d| {
-            row.push_bind(d.id.to_string())
-                .push_bind(d.connector.as_str())
-                .push_bind(d.dedupe_key.as_str())
-                .push_bind(d.received_at)
-                .push_bind(d.headers.as_str())
-                .push_bind(d.body.as_slice())
-                .push_bind("pending")
-                .push_bind(0_i32)
-                .push_bind(d.received_at);
-        });
-        insert.push(" ON CONFLICT (connector, dedupe_key) DO NOTHING RETURNING id");
+        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new("");
+        push_insert(&mut insert, chunk);
         let ids: Vec<String> = insert
             .build_query_scalar()
             .fetch_all(&mut *conn)
@@ -595,6 +870,27 @@ async fn insert_all(
         outcomes.push(first_of(&mut *conn, d).await?.map(InsertOutcome::Duplicate));
     }
     Ok(outcomes)
+}
+
+/// Appends one multi-row `INSERT … ON CONFLICT (connector, dedupe_key) DO NOTHING RETURNING
+/// id` of `rows`, in order (9 bound values per row).
+fn push_insert(command: &mut sqlx::QueryBuilder<sqlx::Sqlite>, rows: &[&PreparedDelivery]) {
+    command.push(
+        "INSERT INTO deliveries (id, connector, dedupe_key, received_at, headers, body, \
+         state, attempts, next_at) ",
+    );
+    command.push_values(rows, |mut row, d| {
+        row.push_bind(d.id.to_string())
+            .push_bind(d.connector.as_str())
+            .push_bind(d.dedupe_key.as_str())
+            .push_bind(d.received_at)
+            .push_bind(d.headers.as_str())
+            .push_bind(d.body.as_slice())
+            .push_bind("pending")
+            .push_bind(0_i32)
+            .push_bind(d.received_at);
+    });
+    command.push(" ON CONFLICT (connector, dedupe_key) DO NOTHING RETURNING id");
 }
 
 /// Whether a failure concerns one row or the whole transaction.
