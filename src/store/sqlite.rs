@@ -420,17 +420,6 @@ async fn mark_job_done(conn: &mut SqliteConnection, id: Uuid, at: i64) -> Result
     Ok(())
 }
 
-/// Claims the oldest claimable pending deliveries. Binds, in order: worker, lease end, now,
-/// now again, limit (plain `?` placeholders, so the statement can also run as one of several in
-/// the inbox writer's single command, where numbered ones would count from the first
-/// statement). Walks the pending-only index in arrival order and stops at the limit.
-const CLAIM_DELIVERIES: &str = "UPDATE deliveries SET claimed_by = ?, claimed_until = ?, \
-     attempts = attempts + 1 \
-     WHERE id IN (SELECT id FROM deliveries WHERE state = 'pending' AND next_at <= ? \
-       AND (claimed_until IS NULL OR claimed_until <= ?) \
-       ORDER BY received_at, id LIMIT ?) \
-     RETURNING id, connector, dedupe_key, received_at, headers, body, attempts";
-
 /// Claims the head job of each (lane, queue key): `$1` worker, `$2` lease end, `$3` lane,
 /// `$4` now, `$5` limit, `$6` the re-attempt marker. Walks the pending-only index in `seq`
 /// order and stops at the limit, so its cost follows the jobs it returns, not the backlog.
@@ -1800,7 +1789,17 @@ mod tests {
         assert!(jobs.contains("USING INDEX jobs_claimable"), "{jobs}");
         assert!(jobs.contains("jobs_queue_order"), "{jobs}");
         assert!(!jobs.contains("TEMP B-TREE"), "{jobs}");
-        let deliveries = plan_of(&store, CLAIM_DELIVERIES, 5).await;
+        let mut claim = sqlx::QueryBuilder::new("");
+        ingest::push_claim(
+            &mut claim,
+            &ingest::Claim {
+                worker: "w".into(),
+                now: 1,
+                until: 1,
+                limit: 1,
+            },
+        );
+        let deliveries = plan_of(&store, claim.sql().as_str(), 5).await;
         assert!(deliveries.contains("deliveries_claimable"), "{deliveries}");
         assert!(!deliveries.contains("TEMP B-TREE"), "{deliveries}");
         let counts = plan_of(&store, crate::store::reads::COUNT_LIVE_GRANTS, 2).await;

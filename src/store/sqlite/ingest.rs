@@ -48,7 +48,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::gate::WriteGate;
-use super::{CLAIM_DELIVERIES, db_error, execute, write_finish};
+use super::{db_error, execute, write_finish};
 use crate::store::rows;
 use crate::store::{Delivery, DeliveryOutcome, InsertOutcome, StoreError};
 
@@ -525,24 +525,8 @@ async fn write_in_one_trip(
     }
     for (n, request) in batch.iter().enumerate() {
         if let Work::Claim { claim, .. } = &request.work {
-            command.push("UPDATE deliveries SET claimed_by = ");
-            command
-                .push_bind(claim.worker.as_str())
-                .push(", claimed_until = ")
-                .push_bind(claim.until)
-                .push(
-                    ", attempts = attempts + 1 WHERE id IN (SELECT id FROM deliveries \
-                     WHERE state = 'pending' AND next_at <= ",
-                )
-                .push_bind(claim.now)
-                .push(" AND (claimed_until IS NULL OR claimed_until <= ")
-                .push_bind(claim.now)
-                .push(") ORDER BY received_at, id LIMIT ")
-                .push_bind(claim.limit)
-                .push(
-                    ") RETURNING id, connector, dedupe_key, received_at, headers, body, \
-                     attempts; ",
-                );
+            push_claim(&mut command, claim);
+            command.push("; ");
             statements.push(Statement::Claim(n));
         }
     }
@@ -765,13 +749,10 @@ async fn claim_rows(
     claim: &Claim,
 ) -> Result<Result<Vec<Delivery>, StoreError>, StoreError> {
     execute(&mut *conn, "SAVEPOINT claim").await?;
-    // `attempts` counts claims, so a delivery that crashes its worker is still counted.
-    let rows = sqlx::query(CLAIM_DELIVERIES)
-        .bind(claim.worker.as_str())
-        .bind(claim.until)
-        .bind(claim.now)
-        .bind(claim.now)
-        .bind(claim.limit)
+    let mut statement = sqlx::QueryBuilder::<sqlx::Sqlite>::new("");
+    push_claim(&mut statement, claim);
+    let rows = statement
+        .build()
         .fetch_all(&mut *conn)
         .await
         .map_err(db_error)?;
@@ -870,6 +851,28 @@ async fn insert_all(
         outcomes.push(first_of(&mut *conn, d).await?.map(InsertOutcome::Duplicate));
     }
     Ok(outcomes)
+}
+
+/// Appends the claim statement: leases the oldest claimable pending deliveries to the worker
+/// and returns them. It walks the pending-only index in arrival order and stops at the limit
+/// (the plan is pinned by a test). `attempts` counts claims, so a delivery that crashes its
+/// worker is still counted.
+pub(super) fn push_claim(command: &mut sqlx::QueryBuilder<sqlx::Sqlite>, claim: &Claim) {
+    command
+        .push("UPDATE deliveries SET claimed_by = ")
+        .push_bind(claim.worker.clone())
+        .push(", claimed_until = ")
+        .push_bind(claim.until)
+        .push(
+            ", attempts = attempts + 1 WHERE id IN (SELECT id FROM deliveries \
+             WHERE state = 'pending' AND next_at <= ",
+        )
+        .push_bind(claim.now)
+        .push(" AND (claimed_until IS NULL OR claimed_until <= ")
+        .push_bind(claim.now)
+        .push(") ORDER BY received_at, id LIMIT ")
+        .push_bind(claim.limit)
+        .push(") RETURNING id, connector, dedupe_key, received_at, headers, body, attempts");
 }
 
 /// Appends one multi-row `INSERT … ON CONFLICT (connector, dedupe_key) DO NOTHING RETURNING
