@@ -13,15 +13,18 @@
 //!
 //! How a batch forms: the writer sleeps until a request arrives, then keeps taking requests
 //! until it holds `max_batch` of them or `window` has passed since the first one *was queued*,
-//! whichever comes first (the default window is zero: take whatever is queued). Requests that arrive while a batch commits simply queue (the queue is
-//! bounded, so a stalled disk pushes back on the HTTP handlers instead of growing memory); by
-//! the time the writer is free they have usually waited out the window, so they are committed
-//! straight away with whatever else is queued: under load the commits follow each other back to
-//! back, and no row waits longer than one window plus the commit in progress.
+//! whichever comes first (the default window is zero: take whatever is queued). Requests that
+//! arrive while a batch commits simply queue (the queue is bounded, so a stalled disk pushes
+//! back on the HTTP handlers instead of growing memory); by the time the writer is free they
+//! have usually waited out the window, so they are committed straight away with whatever else
+//! is queued: under load the commits follow each other back to back, and no row waits longer
+//! than one window plus the commit in progress.
 //!
 //! Inside the transaction, in this order: processed marks (so a claim in the same batch cannot
 //! hand out a delivery that is being marked), new deliveries in arrival order, then claims (so a
-//! claim can take the rows committed with it, sparing the worker a round).
+//! claim can take the rows committed with it, sparing the worker a round). The whole
+//! transaction normally goes to SQLite's thread as one command ([`write_in_one_trip`]); a
+//! refused row sends it statement by statement instead.
 //!
 //! What each caller hears, only after the commit:
 //! - `Accepted(own id)` for a new (connector, dedupe key);
