@@ -1,7 +1,7 @@
 //! Crash-test failpoints. A build with the `failpoints` cargo feature aborts the process (as a
 //! power cut or `SIGKILL` would end it) when execution reaches a point named in the
 //! `JITBRIDGE_FAILPOINTS` environment variable (comma-separated names), so tests can prove that
-//! every persistence step survives a crash right after it. Without the feature, [`failpoint!`]
+//! every persistence step survives a crash right after it. Without the feature, [`failpoint!`](crate::failpoint!)
 //! expands to nothing: production builds contain no failpoints.
 
 /// After a delivery's inbox insert committed, before it is answered.

@@ -1,5 +1,5 @@
 //! The validated configuration the daemon runs on. Built once from the raw files by
-//! [`super::load`]; after that nothing re-checks it.
+//! [`super::load`](mod@super::load); after that nothing re-checks it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -645,7 +645,7 @@ impl Store for PgStore {
         self.reads().list_grants(filter).await
     }
 
-    /// Every state, in [`ALL_STATES`] order, zeros included (so gauges drop back to 0).
+    /// Every state, in [`ALL_STATES`](crate::grants::state::ALL_STATES) order, zeros included (so gauges drop back to 0).
     async fn count_grants_by_state(&self) -> Result<Vec<(GrantState, i64)>, StoreError> {
         self.reads().count_grants_by_state().await
     }

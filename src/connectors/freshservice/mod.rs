@@ -7,7 +7,7 @@
 //! treated strictly as a trigger: `parse` only needs it to name a ticket, and `confirm` re-reads
 //! the ticket, its requester and its approvals through API v2 for everything a grant depends
 //! on. Writebacks are HTML notes and status codes. Calls are paced against Freshservice's
-//! per-minute, per-account budget before it runs out ([`pace`]).
+//! per-minute, per-account budget before it runs out (`pace.rs`).
 
 mod client;
 mod html;
