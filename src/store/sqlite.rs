@@ -1354,23 +1354,32 @@ mod tests {
         assert_eq!(kept.body, first.body, "the first body wins");
     }
 
-    /// A store whose inbox writer waits `window` for company, so requests made together
-    /// surely share one transaction.
-    async fn open_with_window(dir: &tempfile::TempDir, window: Duration) -> SqliteStore {
+    /// A store in `dir` whose inbox writer batches as `group_commit` says.
+    async fn open_batching(dir: &tempfile::TempDir, group_commit: GroupCommit) -> SqliteStore {
         let tuning = SqliteTuning {
-            group_commit: GroupCommit {
-                window,
-                ..GroupCommit::default()
-            },
+            group_commit,
             ..SqliteTuning::default()
         };
         SqliteStore::open_with_tuning(
-            &dir.path().join("w.db"),
+            &dir.path().join("batching.db"),
             Arc::new(ManualClock::new(at(0))),
             tuning,
         )
         .await
         .unwrap()
+    }
+
+    /// A store whose inbox writer waits `window` for company, so requests made together
+    /// surely share one transaction.
+    async fn open_with_window(dir: &tempfile::TempDir, window: Duration) -> SqliteStore {
+        open_batching(
+            dir,
+            GroupCommit {
+                window,
+                ..GroupCommit::default()
+            },
+        )
+        .await
     }
 
     #[tokio::test]
@@ -1600,21 +1609,15 @@ mod tests {
     #[tokio::test]
     async fn a_refused_row_late_in_a_large_batch_leaves_the_rest_accepted() {
         let dir = tempfile::tempdir().unwrap();
-        let tuning = SqliteTuning {
-            group_commit: GroupCommit {
+        let store = open_batching(
+            &dir,
+            GroupCommit {
                 max_batch: 512,
                 window: Duration::from_millis(500),
                 queue: 1024,
             },
-            ..SqliteTuning::default()
-        };
-        let store = SqliteStore::open_with_tuning(
-            &dir.path().join("big.db"),
-            Arc::new(ManualClock::new(at(0))),
-            tuning,
         )
-        .await
-        .unwrap();
+        .await;
         let taken = delivery("evt-taken", 0);
         store.insert_delivery(taken.clone()).await.unwrap();
         let deliveries: Vec<NewDelivery> =
@@ -1653,21 +1656,15 @@ mod tests {
     #[tokio::test]
     async fn zero_window_and_zero_sizes_still_commit_everything() {
         let dir = tempfile::tempdir().unwrap();
-        let tuning = SqliteTuning {
-            group_commit: GroupCommit {
+        let store = open_batching(
+            &dir,
+            GroupCommit {
                 max_batch: 0,
                 window: Duration::ZERO,
                 queue: 0,
             },
-            ..SqliteTuning::default()
-        };
-        let store = SqliteStore::open_with_tuning(
-            &dir.path().join("z.db"),
-            Arc::new(ManualClock::new(at(0))),
-            tuning,
         )
-        .await
-        .unwrap();
+        .await;
         let deliveries: Vec<NewDelivery> =
             (0..10).map(|i| delivery(&format!("evt-{i}"), i)).collect();
         let outcomes =

@@ -393,9 +393,13 @@ async fn commit_batch(
                     (Work::Insert { reply, .. }, Answer::Insert(a)) => drop(reply.send(a)),
                     (Work::Claim { reply, .. }, Answer::Claim(a)) => drop(reply.send(a)),
                     (Work::Finish { reply, .. }, Answer::Finish(a)) => drop(reply.send(a)),
-                    // `write_batch` answers each request in its own kind; dropping the reply
-                    // would still tell the caller the batch failed.
-                    _ => {}
+                    // `write_batch` answers each request in its own kind. Should that ever
+                    // break, the dropped reply tells the caller the batch failed (503, so a
+                    // sender retries and is told "duplicate"), and the log says why.
+                    _ => tracing::error!(
+                        "inbox writer answered a request with another kind of answer; \
+                         its caller is told the batch failed"
+                    ),
                 }
             }
         }
