@@ -170,7 +170,7 @@ impl SqliteStore {
             // thread to every statement (measured: a fifth of each inbox commit).
             .test_before_acquire(false)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(|e| match db_error(e) {
                 StoreError::Unavailable(msg) => {
@@ -187,6 +187,7 @@ impl SqliteStore {
         let gate = gate::WriteGate::new(tuning.busy_timeout);
         let ingest = ingest::Ingest::start(
             pool.clone(),
+            options,
             gate.clone(),
             tuning.group_commit,
             ACQUIRE_TIMEOUT,
@@ -1502,13 +1503,25 @@ mod tests {
             vec![fine.id]
         );
 
-        // No pooled connection was left inside the refused transaction.
+        // Neither the writer's own connection (which sent the refused command) nor a pooled
+        // one (which redid it) was left inside a transaction: the next batches go as one
+        // command again and commit, and every pooled connection can still write.
         for n in 0..2 * MAX_CONNECTIONS {
             let d = delivery(&format!("evt-after-{n}"), 7);
             assert_eq!(
                 store.insert_delivery(d.clone()).await.unwrap(),
                 InsertOutcome::Accepted(d.id)
             );
+        }
+        assert_eq!(store.ingest_stats().stepwise, before.stepwise + 1);
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            let mut conn = store.pool().acquire().await.unwrap();
+            sqlx::query("BEGIN IMMEDIATE; ROLLBACK")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            held.push(conn);
         }
     }
 
@@ -1796,7 +1809,7 @@ mod tests {
                 limit: 1,
             },
         );
-        let deliveries = plan_of(&store, claim.sql().as_str(), 5).await;
+        let deliveries = plan_of(&store, claim.sql().as_str(), 4).await;
         assert!(deliveries.contains("deliveries_claimable"), "{deliveries}");
         assert!(!deliveries.contains("TEMP B-TREE"), "{deliveries}");
         let counts = plan_of(&store, crate::store::reads::COUNT_LIVE_GRANTS, 2).await;
@@ -1814,6 +1827,30 @@ mod tests {
         )
         .await;
         assert!(unresolved.contains("grants_revoke_failed"), "{unresolved}");
+    }
+
+    /// A bound LIMIT lets SQLite plan around its value, so each new binding expired the cached
+    /// claim and compiled it again (the P1 profile showed it). The claim's text, and so its
+    /// compiled statement, must be the same from one claim to the next.
+    #[test]
+    fn the_inbox_claim_reads_the_same_from_one_claim_to_the_next() {
+        let text = |worker: &str, now: i64| {
+            let mut claim = sqlx::QueryBuilder::new("");
+            ingest::push_claim(
+                &mut claim,
+                &ingest::Claim {
+                    worker: worker.into(),
+                    now,
+                    until: now + 30_000,
+                    limit: 64,
+                },
+            );
+            claim.sql().as_str().to_owned()
+        };
+        assert_eq!(text("a", 1), text("b", 1_700_000_000_000));
+        assert!(text("a", 1).ends_with(
+            "LIMIT 64) RETURNING id, connector, dedupe_key, received_at, headers, body, attempts"
+        ));
     }
 
     #[test]

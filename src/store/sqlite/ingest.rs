@@ -23,8 +23,9 @@
 //! Inside the transaction, in this order: processed marks (so a claim in the same batch cannot
 //! hand out a delivery that is being marked), new deliveries in arrival order, then claims (so a
 //! claim can take the rows committed with it, sparing the worker a round). The whole
-//! transaction normally goes to SQLite's thread as one command ([`write_in_one_trip`]); a
-//! refused row sends it statement by statement instead.
+//! transaction normally goes to SQLite's thread as one command ([`write_in_one_trip`]), on a
+//! connection the writer keeps for itself ([`WriterConnection`]); a refused row sends it
+//! statement by statement instead.
 //!
 //! What each caller hears, only after the commit:
 //! - `Accepted(own id)` for a new (connector, dedupe key);
@@ -43,9 +44,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use sqlx::pool::PoolConnection;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Either, Executor, Row, SqliteConnection, SqlitePool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteRow};
+use sqlx::{ConnectOptions, Connection, Either, Executor, Row, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -215,6 +215,7 @@ impl Ingest {
     /// cannot open the file while a final batch is still being committed).
     pub(super) fn start<K: Send + Sync + 'static>(
         pool: SqlitePool,
+        options: SqliteConnectOptions,
         gate: WriteGate,
         config: GroupCommit,
         enqueue_timeout: Duration,
@@ -223,7 +224,12 @@ impl Ingest {
         let config = config.sanitized();
         let (queue, rx) = mpsc::channel(config.queue);
         let counters = Arc::new(Counters::default());
-        let writer = tokio::spawn(run(pool, gate, rx, config, counters.clone(), keep_alive));
+        let writer = Writer {
+            pool,
+            gate,
+            connection: WriterConnection::new(options),
+        };
+        let writer = tokio::spawn(run(writer, rx, config, counters.clone(), keep_alive));
         Ingest {
             queue,
             writer,
@@ -315,10 +321,72 @@ fn writer_died() -> StoreError {
     StoreError::Unavailable("the inbox writer stopped before committing".to_owned())
 }
 
-/// The writer loop: form a batch, commit it, answer it; until every sender is gone.
-async fn run<K>(
+/// What the writer writes with: its own connection for the one-command path, the pool for the
+/// rare statement-by-statement path and undoing a damaged claim, and the process's write turn.
+struct Writer {
     pool: SqlitePool,
     gate: WriteGate,
+    connection: WriterConnection,
+}
+
+/// The connection the one-command path writes on, kept by the writer rather than borrowed
+/// from the pool. Why: SQLite keeps a page cache per connection and drops it whenever another
+/// connection has written since; rotating through the pool made nearly every batch start
+/// cold, and each borrow and return cost hand-offs of its own. Owning it also lets the
+/// batches' compiled statements stay cached between commits.
+struct WriterConnection {
+    options: SqliteConnectOptions,
+    open: Option<SqliteConnection>,
+}
+
+/// Distinct batch shapes (marks, rows, claims) whose compiled statements stay cached: the
+/// shapes a steady load produces, without holding one for every possible batch size.
+const WRITER_STATEMENT_CACHE: usize = 64;
+
+impl WriterConnection {
+    fn new(options: SqliteConnectOptions) -> Self {
+        Self {
+            options: options.statement_cache_capacity(WRITER_STATEMENT_CACHE),
+            open: None,
+        }
+    }
+
+    /// The open connection, opening it first if there is none (at the first batch, or after
+    /// one was discarded): a failure to open fails this batch only.
+    async fn get(&mut self) -> Result<&mut SqliteConnection, StoreError> {
+        if self.open.is_none() {
+            self.open = Some(self.options.connect().await.map_err(db_error)?);
+        }
+        self.open
+            .as_mut()
+            .ok_or_else(|| StoreError::Unavailable("inbox writer has no connection".to_owned()))
+    }
+
+    /// Rolls back what a failed command left open; a connection that cannot even roll back is
+    /// dropped (closing it undoes its transaction) and the next batch opens a new one.
+    async fn undo(&mut self) {
+        let Some(conn) = self.open.as_mut() else {
+            return;
+        };
+        if let Err(e) = execute(conn, "ROLLBACK").await {
+            tracing::warn!(error = %e, "inbox batch could not roll back; closing its connection");
+            self.open = None;
+        }
+    }
+
+    /// Closes the connection cleanly, so its close cannot race the pool's final checkpoint.
+    async fn close(&mut self) {
+        if let Some(conn) = self.open.take()
+            && let Err(e) = conn.close().await
+        {
+            tracing::warn!(error = %e, "inbox writer's connection did not close cleanly");
+        }
+    }
+}
+
+/// The writer loop: form a batch, commit it, answer it; until every sender is gone.
+async fn run<K>(
+    mut writer: Writer,
     mut rx: mpsc::Receiver<Request>,
     config: GroupCommit,
     counters: Arc<Counters>,
@@ -348,8 +416,9 @@ async fn run<K>(
                 Ok(_) => {}
             }
         }
-        commit_batch(&pool, &gate, &mut batch, &counters).await;
+        commit_batch(&mut writer, &mut batch, &counters).await;
     }
+    writer.connection.close().await;
     drop(keep_alive);
 }
 
@@ -361,12 +430,7 @@ enum Answer {
 }
 
 /// Writes `batch` in one transaction and answers every request in it, emptying it.
-async fn commit_batch(
-    pool: &SqlitePool,
-    gate: &WriteGate,
-    batch: &mut Vec<Request>,
-    counters: &Counters,
-) {
+async fn commit_batch(writer: &mut Writer, batch: &mut Vec<Request>, counters: &Counters) {
     let rows = batch
         .iter()
         .filter(|r| matches!(r.work, Work::Insert { .. }))
@@ -380,7 +444,7 @@ async fn commit_batch(
     }
 
     let started = std::time::Instant::now();
-    let written = write_batch(pool, gate, batch, counters).await;
+    let written = write_batch(writer, batch, counters).await;
     // From asking for the write turn to the commit's return: what every request of the batch
     // waited for on top of the window.
     metrics::histogram!("jitbridge_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
@@ -425,13 +489,12 @@ async fn commit_batch(
 /// otherwise statement by statement. Returns each request's answer, in batch order, once the
 /// commit returned, or the error that sank the batch.
 async fn write_batch(
-    pool: &SqlitePool,
-    gate: &WriteGate,
+    writer: &mut Writer,
     batch: &[Request],
     counters: &Counters,
 ) -> Result<Vec<Answer>, StoreError> {
     if fits_one_trip(batch) {
-        match write_in_one_trip(pool, gate, batch).await {
+        match write_in_one_trip(writer, batch).await {
             Ok(answers) => return Ok(answers),
             Err(RowError::Batch(e)) => return Err(e),
             // A constraint refused a new row (its id is already used) and the transaction was
@@ -440,7 +503,7 @@ async fn write_batch(
         }
     }
     counters.stepwise.fetch_add(1, Ordering::Relaxed);
-    write_batch_stepwise(pool, gate, batch).await
+    write_batch_stepwise(&writer.pool, &writer.gate, batch).await
 }
 
 /// Whether [`write_in_one_trip`] can take the batch: its new rows fit one INSERT, and its marks
@@ -501,8 +564,7 @@ enum Statement {
 /// that left `pending` never returns to it). A claim whose rows cannot be decoded is undone by
 /// a second short write and answered with the error, as the statement-by-statement path does.
 async fn write_in_one_trip(
-    pool: &SqlitePool,
-    gate: &WriteGate,
+    writer: &mut Writer,
     batch: &[Request],
 ) -> Result<Vec<Answer>, RowError> {
     let mut statements = vec![Statement::Control];
@@ -543,17 +605,14 @@ async fn write_in_one_trip(
     let mut marked: Vec<HashSet<String>> = batch.iter().map(|_| HashSet::new()).collect();
     let mut inserted = HashSet::with_capacity(rows.len());
     let mut claimed: Vec<Vec<SqliteRow>> = batch.iter().map(|_| Vec::new()).collect();
-    let mut conn = {
-        let _turn = gate.turn().await.map_err(RowError::Batch)?;
-        let mut conn = pool
-            .acquire()
-            .await
-            .map_err(|e| RowError::Batch(db_error(e)))?;
+    {
+        let _turn = writer.gate.turn().await.map_err(RowError::Batch)?;
+        let conn = writer.connection.get().await.map_err(RowError::Batch)?;
         let mut done = 0; // statements finished so far
         let mut failed = None;
         {
-            // Not cached: the text changes with every batch's shape.
-            let mut results = conn.fetch_many(command.build().persistent(false));
+            // Cached on the writer's own connection: a steady load repeats a few shapes.
+            let mut results = conn.fetch_many(command.build());
             while let Some(item) = results.next().await {
                 match item {
                     Ok(Either::Left(_)) => done += 1,
@@ -577,12 +636,11 @@ async fn write_in_one_trip(
         if let Some(e) = failed {
             // `BEGIN` itself failing leaves no transaction to undo.
             if done > 0 {
-                undo(&mut conn).await;
+                writer.connection.undo().await;
             }
             return Err(row_error(e));
         }
-        conn
-    };
+    }
 
     // Committed: from here on a failure concerns only the request it meets, never the batch
     // (redoing or refusing a committed batch would answer its rows wrongly).
@@ -594,10 +652,13 @@ async fn write_in_one_trip(
                 Some(d) if inserted.contains(&d.id.to_string()) => {
                     Ok(InsertOutcome::Accepted(d.id))
                 }
-                Some(d) => match first_of(&mut conn, d).await {
-                    Ok(Ok(first)) if first == d.id => Ok(InsertOutcome::Accepted(first)),
-                    Ok(Ok(first)) => Ok(InsertOutcome::Duplicate(first)),
-                    Ok(Err(e)) | Err(RowError::Row(e) | RowError::Batch(e)) => Err(e),
+                Some(d) => match writer.connection.get().await {
+                    Ok(conn) => match first_of(conn, d).await {
+                        Ok(Ok(first)) if first == d.id => Ok(InsertOutcome::Accepted(first)),
+                        Ok(Ok(first)) => Ok(InsertOutcome::Duplicate(first)),
+                        Ok(Err(e)) | Err(RowError::Row(e) | RowError::Batch(e)) => Err(e),
+                    },
+                    Err(e) => Err(e),
                 },
                 None => Err(StoreError::Unavailable("inbox batch lost a row".to_owned())),
             }),
@@ -607,27 +668,21 @@ async fn write_in_one_trip(
                     results.push(if marked[n].contains(&id.to_string()) {
                         Ok(())
                     } else {
-                        Err(not_pending(&mut conn, *id).await.unwrap_or_else(|e| e))
+                        Err(match writer.connection.get().await {
+                            Ok(conn) => not_pending(conn, *id).await.unwrap_or_else(|e| e),
+                            Err(e) => e,
+                        })
                     });
                 }
                 Answer::Finish(results)
             }
             Work::Claim { claim, .. } => {
                 let rows = std::mem::take(&mut claimed[n]);
-                Answer::Claim(decode_claim(pool, gate, claim, rows).await)
+                Answer::Claim(decode_claim(&writer.pool, &writer.gate, claim, rows).await)
             }
         });
     }
     Ok(answers)
-}
-
-/// Rolls back what a failed single command left open; a connection that cannot even roll back
-/// is closed instead of going back to the pool inside a transaction.
-async fn undo(conn: &mut PoolConnection<sqlx::Sqlite>) {
-    if let Err(e) = execute(&mut *conn, "ROLLBACK").await {
-        tracing::warn!(error = %e, "inbox batch could not roll back; closing its connection");
-        conn.close_on_drop();
-    }
 }
 
 /// Why a delivery the marks did not change is not pending.
@@ -878,7 +933,11 @@ pub(super) fn push_claim(command: &mut sqlx::QueryBuilder<sqlx::Sqlite>, claim: 
         .push(" AND (claimed_until IS NULL OR claimed_until <= ")
         .push_bind(claim.now)
         .push(") ORDER BY received_at, id LIMIT ")
-        .push_bind(claim.limit)
+        // Written into the text, not bound: SQLite lets a bound LIMIT shape the plan, so every
+        // new binding would expire the cached statement and compile it again. It is an
+        // integer (nothing to inject), and the inbox worker always asks for the same
+        // `BATCH`, so the text stays the same from one claim to the next.
+        .push(claim.limit.max(0))
         .push(") RETURNING id, connector, dedupe_key, received_at, headers, body, attempts");
 }
 
