@@ -26,7 +26,8 @@ fn approval(a: Option<&Approval>) -> Value {
     }
 }
 
-fn base(event: &TicketEvent) -> Map<String, Value> {
+/// Every name but `fields` and `payload`: the small part of a context, cheap to build.
+fn names(event: &TicketEvent) -> Map<String, Value> {
     let t = &event.ticket;
     let mut m = Map::new();
     m.insert(
@@ -39,12 +40,24 @@ fn base(event: &TicketEvent) -> Map<String, Value> {
     m.insert("requester".into(), person(event.requester.as_ref()));
     m.insert("actor".into(), person(event.actor.as_ref()));
     m.insert("approval".into(), approval(event.approval.as_ref()));
-    m.insert("fields".into(), event.fields.clone());
     m.insert(
         "event".into(),
         json!({ "kind": event.kind.as_str(), "occurred_at": event.occurred_at.to_string() }),
     );
     m
+}
+
+fn base(event: &TicketEvent) -> Map<String, Value> {
+    let mut m = names(event);
+    m.insert("fields".into(), event.fields.clone());
+    m
+}
+
+/// [`template_context`] without `fields` and `payload`, for conditions that read those two
+/// from the event itself (see `CelVariables::with_event_data`): evaluating every delivery
+/// against the mappings then copies neither.
+pub fn condition_context(event: &TicketEvent) -> Value {
+    Value::Object(names(event))
 }
 
 /// Everything a `when` condition and a grant template can name: `ticket`, `requester`, `actor`,

@@ -26,7 +26,7 @@ use crate::policy::auto::AutoApprove;
 use crate::policy::{Facts, Policy, PolicyInput, Verdict};
 use crate::ticket::{EventKind, TicketEvent};
 
-pub use context::{stored_context, template_context, writeback_context};
+pub use context::{condition_context, stored_context, template_context, writeback_context};
 pub use lint::{Lints, lint};
 
 use condition::{CelVariables, Condition, ConditionFailure};
@@ -716,18 +716,31 @@ impl MappingSet {
     /// engine. For each: whether `when` matched (or why it could not tell), and for a match the
     /// `on` rule fired and the rendered grant. The event's context is built once for all.
     pub fn evaluate(&self, event: &TicketEvent) -> Vec<Evaluation> {
-        let mut context = template_context(event);
-        if let Some(m) = self.for_connector(&event.connector).next() {
-            m.annotate(&mut context);
+        let first = self.for_connector(&event.connector).next();
+        // Conditions read `fields` and `payload` straight from the event; the full context
+        // (copies of both) is built only if a mapping matches and renders a grant.
+        let mut names = condition_context(event);
+        if let Some(m) = first {
+            m.annotate(&mut names);
         }
-        let vars = CelVariables::new(&context);
+        let vars = CelVariables::with_event_data(&names, &event.fields, &event.payload);
+        let context = std::cell::OnceCell::new();
+        let context = || {
+            context.get_or_init(|| {
+                let mut context = template_context(event);
+                if let Some(m) = first {
+                    m.annotate(&mut context);
+                }
+                context
+            })
+        };
         self.for_connector(&event.connector)
             .map(|m| {
                 let matched = m.matches_with(&vars).map_err(|e| e.to_string());
                 let (trigger, grant) = if matched == Ok(true) {
                     (
                         m.trigger(event),
-                        Some(m.render_grant_with(&context).map_err(|e| e.to_string())),
+                        Some(m.render_grant_with(context()).map_err(|e| e.to_string())),
                     )
                 } else {
                     (None, None)
