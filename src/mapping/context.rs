@@ -56,7 +56,7 @@ fn base(event: &TicketEvent) -> Map<String, Value> {
 /// [`template_context`] without `fields` and `payload`, for conditions that read those two
 /// from the event itself (see `CelVariables::with_event_data`): evaluating every delivery
 /// against the mappings then copies neither.
-pub fn condition_context(event: &TicketEvent) -> Value {
+pub(crate) fn condition_context(event: &TicketEvent) -> Value {
     Value::Object(names(event))
 }
 

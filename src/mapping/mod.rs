@@ -26,7 +26,8 @@ use crate::policy::auto::AutoApprove;
 use crate::policy::{Facts, Policy, PolicyInput, Verdict};
 use crate::ticket::{EventKind, TicketEvent};
 
-pub use context::{condition_context, stored_context, template_context, writeback_context};
+use context::condition_context;
+pub use context::{stored_context, template_context, writeback_context};
 pub use lint::{Lints, lint};
 
 use condition::{CelVariables, Condition, ConditionFailure};
