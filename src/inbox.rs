@@ -17,14 +17,18 @@ use crate::config::live::LiveConnectors;
 use crate::connectors::RawDelivery;
 use crate::grants::service::GrantService;
 use crate::outbox::{backoff, next_attempt};
-use crate::store::{Delivery, DeliveryOutcome, StoreError};
+use crate::store::{Delivery, DeliveryOutcome, NextClaim, StoreError};
 
 const LEASE: SignedDuration = SignedDuration::from_secs(120);
 /// Deliveries claimed at once; their processed marks share one commit.
 const BATCH: u32 = 256;
+/// How long an idle worker waits before looking again for deliveries that came due by time
+/// (retries after backoff, lapsed leases). New deliveries wake it at once: SQLite's inbox writer
+/// holds the waiting claim and fills it in the commit that stores them; other stores notify.
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
-/// Processes inbox deliveries one at a time, in order, marking them processed in batches.
+/// Processes inbox deliveries one at a time, in order, marking them processed in batches
+/// (each batch's marks share a write with the next claim).
 pub struct InboxWorker {
     service: GrantService,
     connectors: LiveConnectors,
@@ -52,29 +56,48 @@ impl InboxWorker {
 
     /// Runs until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
+        let mut processed: Vec<(uuid::Uuid, String)> = Vec::new();
         loop {
-            let now = self.service.clock().now();
-            let batch = match self
-                .service
-                .store()
-                .claim_deliveries(&self.id, now, LEASE, BATCH)
-                .await
-            {
-                Ok(b) => b,
+            if shutdown.is_cancelled() {
+                self.finish_processed(processed).await;
+                return;
+            }
+            // The last batch's marks travel with the next claim: one write per turn.
+            let outcomes = processed
+                .iter()
+                .map(|(id, _)| (*id, DeliveryOutcome::Processed))
+                .collect();
+            let next = NextClaim {
+                worker: &self.id,
+                now: self.service.clock().now(),
+                lease: LEASE,
+                limit: BATCH,
+                patience: IDLE_POLL,
+            };
+            let turn = tokio::select! {
+                turn = self.service.store().finish_and_claim(outcomes, next) => turn,
+                // Marks already handed to the store still commit; any that were not run again
+                // after a restart, which handling tolerates (replays are recognized).
+                () = shutdown.cancelled() => return,
+            };
+            Self::record_finished(std::mem::take(&mut processed), turn.finished);
+            let batch = match turn.claimed {
+                Ok(batch) => batch,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot claim inbox deliveries; retrying");
                     Vec::new()
                 }
             };
             if batch.is_empty() {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                if !turn.waited {
+                    tokio::select! {
+                        () = shutdown.cancelled() => {}
+                        () = self.wake.notified() => {}
+                        () = tokio::time::sleep(IDLE_POLL) => {}
+                    }
                 }
                 continue;
             }
-            let mut processed = Vec::with_capacity(batch.len());
             for d in batch {
                 if shutdown.is_cancelled() {
                     break; // the rest's leases lapse and they are taken again after restart
@@ -88,22 +111,26 @@ impl InboxWorker {
                     }
                 }
             }
-            self.finish_processed(processed).await;
-            if shutdown.is_cancelled() {
-                return;
-            }
         }
     }
 
-    /// Marks the batch's processed deliveries with one commit instead of one each. Until then a
-    /// crash makes them run again, which handling tolerates (replays are recognized), exactly
-    /// as a crash between handling and marking one delivery always did.
+    /// Marks the last batch's processed deliveries when no claim follows (shutdown). Until they
+    /// are marked a crash makes them run again, which handling tolerates (replays are
+    /// recognized), exactly as a crash between handling and marking one delivery always did.
     async fn finish_processed(&self, processed: Vec<(uuid::Uuid, String)>) {
+        if processed.is_empty() {
+            return;
+        }
         let outcomes = processed
             .iter()
             .map(|(id, _)| (*id, DeliveryOutcome::Processed))
             .collect();
         let results = self.service.store().finish_deliveries(outcomes).await;
+        Self::record_finished(processed, results);
+    }
+
+    /// Counts the deliveries whose processed mark committed, and logs the ones that failed.
+    fn record_finished(processed: Vec<(uuid::Uuid, String)>, results: Vec<Result<(), StoreError>>) {
         for ((id, connector), result) in processed.into_iter().zip(results) {
             match result {
                 Ok(()) => {

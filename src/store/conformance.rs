@@ -26,7 +26,7 @@ use crate::store::postgres::{PgStore, PgTuning};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{
     Commit, DeliveryOutcome, GrantFilter, InsertOutcome, Job, JobState, Lane, LiveGrantCounts,
-    NewDelivery, NewJob, OutboxStats, Store, StoreError,
+    NewDelivery, NewJob, NextClaim, OutboxStats, Store, StoreError,
 };
 use crate::ticket::{Person, TicketRef};
 
@@ -725,6 +725,64 @@ pub(super) async fn finishing_deliveries_in_a_batch_fails_only_those_no_longer_p
         .await
         .unwrap();
     assert!(pending.is_empty(), "nothing is left pending: {pending:?}");
+}
+
+pub(super) async fn the_inbox_turn_marks_before_it_claims_and_a_claim_without_patience_answers_at_once(
+    store: &Fixture,
+) {
+    let mut ids = Vec::new();
+    for (key, received) in [("k1", 1), ("k2", 2), ("k3", 3)] {
+        match store
+            .insert_delivery(delivery(key, received))
+            .await
+            .unwrap()
+        {
+            InsertOutcome::Accepted(id) => ids.push(id),
+            other => panic!("{other:?}"),
+        }
+    }
+    let first = store
+        .claim_deliveries("w", at(10), secs(60), 1)
+        .await
+        .unwrap();
+    assert_eq!(first.iter().map(|d| d.id).collect::<Vec<_>>(), vec![ids[0]]);
+    let next = |now| NextClaim {
+        worker: "w",
+        now,
+        lease: secs(60),
+        limit: 10,
+        patience: std::time::Duration::ZERO,
+    };
+
+    let turn = store
+        .finish_and_claim(vec![(ids[0], DeliveryOutcome::Processed)], next(at(10)))
+        .await;
+
+    assert!(
+        matches!(turn.finished.as_slice(), [Ok(())]),
+        "{:?}",
+        turn.finished
+    );
+    let claimed = turn.claimed.unwrap();
+    assert_eq!(
+        claimed.iter().map(|d| d.id).collect::<Vec<_>>(),
+        vec![ids[1], ids[2]],
+        "the marked delivery is not leased again; the rest are, oldest first"
+    );
+    assert!(!turn.waited);
+
+    // Everything is leased or processed: an impatient claim hears "nothing" at once, and a
+    // mark of a delivery no longer pending fails alone.
+    let turn = store
+        .finish_and_claim(vec![(ids[0], DeliveryOutcome::Processed)], next(at(11)))
+        .await;
+    assert!(
+        matches!(turn.finished.as_slice(), [Err(StoreError::Conflict(_))]),
+        "{:?}",
+        turn.finished
+    );
+    assert!(turn.claimed.unwrap().is_empty());
+    assert!(!turn.waited, "no patience, no wait");
 }
 
 pub(super) async fn commit_completes_the_job_that_caused_it(store: &Fixture) {
@@ -1778,6 +1836,7 @@ conformance!(
     a_batch_member_failing_after_its_grant_row_is_undone_alone,
     grants_are_read_together_by_id_and_unknown_ids_are_left_out,
     finishing_deliveries_in_a_batch_fails_only_those_no_longer_pending,
+    the_inbox_turn_marks_before_it_claims_and_a_claim_without_patience_answers_at_once,
     second_live_grant_for_the_same_ticket_conflicts_until_the_first_is_terminal,
     live_grants_are_counted_by_subject_and_by_target_across_tickets,
     unresolved_revoke_names_the_oldest_revoke_failed_grant_of_a_subject_or_target,

@@ -41,8 +41,8 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::grants::{Grant, GrantState};
 use crate::store::reads::{Reads, bounded_limit, jobs_from};
 use crate::store::{
-    Commit, Delivery, DeliveryOutcome, GrantFilter, InsertOutcome, Job, JobState, Lane,
-    LiveGrantCounts, NewDelivery, NewJob, OutboxStats, Store, StoreError,
+    Commit, Delivery, DeliveryOutcome, GrantFilter, InboxTurn, InsertOutcome, Job, JobState, Lane,
+    LiveGrantCounts, NewDelivery, NewJob, NextClaim, OutboxStats, Store, StoreError,
 };
 
 use crate::store::LEASE_LAPSED;
@@ -188,6 +188,7 @@ impl SqliteStore {
         let ingest = ingest::Ingest::start(
             pool.clone(),
             options,
+            clock.clone(),
             gate.clone(),
             tuning.group_commit,
             ACQUIRE_TIMEOUT,
@@ -903,6 +904,40 @@ impl Store for SqliteStore {
         self.ingest.finish(outcomes, ms(self.clock.now())).await
     }
 
+    /// Through the inbox writer, in one transaction. A claim that finds nothing is held there
+    /// (up to its patience) and joins the next transaction that commits new deliveries, so
+    /// the worker gets them from the commit that stores them.
+    async fn finish_and_claim(
+        &self,
+        finished: Vec<(Uuid, DeliveryOutcome)>,
+        next: NextClaim<'_>,
+    ) -> InboxTurn {
+        if next.limit == 0 {
+            return InboxTurn {
+                finished: self.finish_deliveries(finished).await,
+                claimed: Ok(Vec::new()),
+                waited: false,
+            };
+        }
+        let claim = ingest::Claim {
+            worker: next.worker.to_owned(),
+            now: ms(next.now),
+            until: lease_until(next.now, next.lease),
+            limit: bounded_limit(next.limit),
+        };
+        let (finished, claimed) = self
+            .ingest
+            .finish_and_claim(finished, ms(self.clock.now()), claim, next.patience)
+            .await;
+        // The writer answers a claim that may wait with nothing only once its patience is up.
+        let waited = !next.patience.is_zero() && matches!(&claimed, Ok(found) if found.is_empty());
+        InboxTurn {
+            finished,
+            claimed,
+            waited,
+        }
+    }
+
     async fn retry_delivery(
         &self,
         id: Uuid,
@@ -1419,12 +1454,7 @@ mod tests {
             "the claim takes the rows committed with it, oldest first, and not the one being marked"
         );
         assert!(claimed.iter().all(|d| d.attempts == 1));
-        let state: String = sqlx::query_scalar("SELECT state FROM deliveries WHERE id = $1")
-            .bind(handled.id.to_string())
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
-        assert_eq!(state, "processed");
+        assert_eq!(state_of(&store, handled.id).await, "processed");
     }
 
     #[tokio::test]
@@ -1690,6 +1720,262 @@ mod tests {
         );
         assert_eq!(store.ingest_stats().largest_batch, 1);
         assert_eq!(delivery_count(&store).await, 10);
+    }
+
+    /// The inbox worker's turn with `patience`, as it asks at `now`.
+    fn patient_claim(now: Timestamp, patience: Duration) -> NextClaim<'static> {
+        NextClaim {
+            worker: "w",
+            now,
+            lease: secs(60),
+            limit: 10,
+            patience,
+        }
+    }
+
+    /// A delivery the inbox worker has claimed (and, in the tests, handled), with nothing else
+    /// left to claim.
+    async fn handled_by_the_worker(store: &SqliteStore) -> NewDelivery {
+        let handled = delivery("evt-handled", 1);
+        store.insert_delivery(handled.clone()).await.unwrap();
+        let taken = store
+            .claim_deliveries("w", at(2), secs(60), 10)
+            .await
+            .unwrap();
+        assert_eq!(taken.len(), 1);
+        handled
+    }
+
+    async fn state_of(store: &SqliteStore, id: Uuid) -> String {
+        sqlx::query_scalar("SELECT state FROM deliveries WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    }
+
+    /// Waits (bounded) until the inbox writer has run more than `n` transactions.
+    async fn writer_passes(store: &SqliteStore, n: u64) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while store.ingest_stats().transactions <= n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the inbox writer ran");
+    }
+
+    #[tokio::test]
+    async fn a_claim_that_finds_nothing_waits_and_leases_the_next_delivery_in_the_commit_that_stores_it()
+     {
+        let (_dir, store) = fresh().await;
+        let store = Arc::new(store);
+        let before = store.ingest_stats().transactions;
+        let waiting = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .finish_and_claim(Vec::new(), patient_claim(at(10), Duration::from_secs(60)))
+                    .await
+            }
+        });
+        writer_passes(&store, before).await; // the claim ran once and found nothing
+        assert!(
+            !waiting.is_finished(),
+            "an empty claim with patience is held"
+        );
+
+        let new = delivery("evt-new", 5);
+        let inserted = store.insert_delivery(new.clone()).await.unwrap();
+        let turn = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the held claim is answered with the delivery, not after its patience")
+            .unwrap();
+
+        assert_eq!(inserted, InsertOutcome::Accepted(new.id));
+        let claimed = turn.claimed.unwrap();
+        assert_eq!(
+            claimed.iter().map(|d| d.id).collect::<Vec<_>>(),
+            vec![new.id]
+        );
+        assert_eq!(claimed[0].attempts, 1);
+        assert!(!turn.waited);
+        assert_eq!(
+            store.ingest_stats().transactions - before,
+            2,
+            "the empty claim, then the insert with the held claim in its transaction"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_claim_that_could_find_nothing_costs_no_transaction_and_claims_at_the_clock_of_its_deadline()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(at(0)));
+        let store = Arc::new(
+            SqliteStore::open_with_clock(&dir.path().join("held.db"), clock.clone())
+                .await
+                .unwrap(),
+        );
+        let later = delivery("evt-retry", 1);
+        store.insert_delivery(later.clone()).await.unwrap();
+        let taken = store
+            .claim_deliveries("w", at(2), secs(60), 10)
+            .await
+            .unwrap();
+        assert_eq!(taken.len(), 1, "the claim took everything there was");
+        store
+            .retry_delivery(later.id, at(100), "ITSM down")
+            .await
+            .unwrap();
+
+        let before = store.ingest_stats().transactions;
+        let waiting = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .finish_and_claim(Vec::new(), patient_claim(at(10), Duration::from_secs(2)))
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            store.ingest_stats().transactions,
+            before,
+            "nothing was committed since the last claim: the claim is held without writing"
+        );
+        clock.advance(secs(200)); // the retry comes due while the claim is held
+        let turn = waiting.await.unwrap();
+
+        let claimed = turn.claimed.unwrap();
+        assert_eq!(
+            claimed.iter().map(|d| d.id).collect::<Vec<_>>(),
+            vec![later.id]
+        );
+        assert!(!turn.waited);
+        assert_eq!(store.ingest_stats().transactions - before, 1);
+        let until: i64 = sqlx::query_scalar("SELECT claimed_until FROM deliveries WHERE id = $1")
+            .bind(later.id.to_string())
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(
+            until,
+            ms(at(260)),
+            "the lease counts from the time the claim ran"
+        );
+
+        // Nothing left: the claim is answered empty once its patience is up, and says it waited.
+        let turn = store
+            .finish_and_claim(
+                Vec::new(),
+                patient_claim(at(200), Duration::from_millis(50)),
+            )
+            .await;
+        assert!(turn.claimed.unwrap().is_empty());
+        assert!(turn.waited);
+    }
+
+    #[tokio::test]
+    async fn marks_sent_with_a_claim_that_could_find_nothing_commit_with_the_next_delivery() {
+        let (_dir, store) = fresh().await;
+        let store = Arc::new(store);
+        let handled = handled_by_the_worker(&store).await;
+        let before = store.ingest_stats().transactions;
+
+        let turn = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let marks = vec![(handled.id, DeliveryOutcome::Processed)];
+                store
+                    .finish_and_claim(marks, patient_claim(at(10), Duration::from_secs(60)))
+                    .await
+            }
+        });
+        let new = delivery("evt-new", 5);
+        let inserted = store.insert_delivery(new.clone()).await.unwrap();
+        let turn = tokio::time::timeout(Duration::from_secs(10), turn)
+            .await
+            .expect("the turn is answered by the commit that stores the new delivery")
+            .unwrap();
+
+        assert_eq!(inserted, InsertOutcome::Accepted(new.id));
+        assert!(
+            matches!(turn.finished.as_slice(), [Ok(())]),
+            "{:?}",
+            turn.finished
+        );
+        let claimed = turn.claimed.unwrap();
+        assert_eq!(
+            claimed.iter().map(|d| d.id).collect::<Vec<_>>(),
+            vec![new.id]
+        );
+        assert_eq!(
+            store.ingest_stats().transactions - before,
+            1,
+            "the marks, the new delivery and the claim share one transaction"
+        );
+        assert_eq!(state_of(&store, handled.id).await, "processed");
+    }
+
+    #[tokio::test]
+    async fn a_held_claim_whose_worker_stopped_leases_nothing_and_its_marks_still_commit() {
+        let (_dir, store) = fresh().await;
+        let handled = handled_by_the_worker(&store).await;
+        {
+            let marks = vec![(handled.id, DeliveryOutcome::Processed)];
+            let mut turn = std::pin::pin!(
+                store.finish_and_claim(marks, patient_claim(at(10), Duration::from_secs(60)))
+            );
+            assert!(futures::poll!(&mut turn).is_pending());
+        } // the worker stops listening
+
+        let new = delivery("evt-new", 5);
+        store.insert_delivery(new.clone()).await.unwrap();
+
+        let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+            "SELECT dedupe_key, state, claimed_by FROM deliveries ORDER BY dedupe_key",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                ("evt-handled".into(), "processed".into(), None),
+                ("evt-new".into(), "pending".into(), None),
+            ],
+            "the marks commit with the next delivery, which is left for a live worker"
+        );
+    }
+
+    #[tokio::test]
+    async fn held_marks_are_written_when_the_store_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_at(&dir).await;
+        let handled = handled_by_the_worker(&store).await;
+        let before = store.ingest_stats().transactions;
+        {
+            // The inbox worker hands over its marks with a claim, and is stopped while it waits.
+            let marks = vec![(handled.id, DeliveryOutcome::Processed)];
+            let mut turn = std::pin::pin!(
+                store.finish_and_claim(marks, patient_claim(at(10), Duration::from_secs(60)))
+            );
+            assert!(
+                futures::poll!(&mut turn).is_pending(),
+                "handed to the writer, which holds it"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            store.ingest_stats().transactions,
+            before,
+            "the marks were held"
+        );
+
+        store.close().await;
+        let store = open_at(&dir).await;
+        assert_eq!(state_of(&store, handled.id).await, "processed");
     }
 
     #[tokio::test]

@@ -27,13 +27,21 @@
 //! connection the writer keeps for itself ([`WriterConnection`]); a refused row sends it
 //! statement by statement instead.
 //!
+//! The inbox worker sends its processed marks together with its next claim, and the claim may
+//! wait. When it could find nothing (every delivery stored so far has been claimed), the writer
+//! holds it, marks and all, without writing ([`Held`]): it joins the next transaction that
+//! stores new deliveries, so the worker gets them from the commit that stores them, or runs on
+//! its own when its patience is up (this is the worker's idle poll). At a light load that is one
+//! transaction per delivery instead of three or four.
+//!
 //! What each caller hears, only after the commit:
 //! - `Accepted(own id)` for a new (connector, dedupe key);
 //! - `Duplicate(first id)` for a repeat, including a repeat of a row earlier in the *same*
 //!   batch (rows are inserted in arrival order, so the first one wins);
 //! - the row's own error when only that row was refused (its id is already used);
 //! - a claim: its leased deliveries, or its own error when a claimed row cannot be read (that
-//!   claim is undone alone);
+//!   claim is undone alone); a claim that may wait is answered by the first transaction that
+//!   leases it something, or with nothing once its patience is up;
 //! - processed marks: one result per delivery (one no longer pending fails alone);
 //! - `Unavailable` for every caller of a batch whose transaction could not begin, write or
 //!   commit, so ingress answers 503 and the sender retries. Nothing of that batch is stored.
@@ -52,7 +60,8 @@ use uuid::Uuid;
 
 use super::gate::WriteGate;
 use super::{db_error, execute, write_finish};
-use crate::store::rows;
+use crate::clock::SharedClock;
+use crate::store::rows::{self, ms};
 use crate::store::{Delivery, DeliveryOutcome, InsertOutcome, StoreError};
 
 /// How the inbox writer batches inserts. The defaults suit SQLite on one local disk.
@@ -145,17 +154,95 @@ enum Work {
         reply: oneshot::Sender<Result<InsertOutcome, StoreError>>,
     },
     /// The inbox worker leasing its next deliveries.
-    Claim {
-        claim: Claim,
-        reply: oneshot::Sender<Result<Vec<Delivery>, StoreError>>,
-    },
+    Claim(WaitingClaim),
     /// The inbox worker marking what it handled.
     Finish {
         outcomes: Vec<(Uuid, DeliveryOutcome)>,
         /// Unix milliseconds, stamped as `finished_at`.
         now: i64,
         reply: oneshot::Sender<Vec<Result<(), StoreError>>>,
+        /// The worker's next claim, sent with the marks so both share one transaction. The
+        /// writer splits it off as the next request of the same batch.
+        then: Option<WaitingClaim>,
     },
+}
+
+/// A claim and where its leased deliveries go.
+struct WaitingClaim {
+    claim: Claim,
+    /// Until when the writer may hold this claim if it finds nothing, adding it to each batch
+    /// that commits new deliveries, so the worker gets them from the transaction that stores
+    /// them. `None`: answer after the first transaction, even with nothing.
+    hold_until: Option<tokio::time::Instant>,
+    reply: oneshot::Sender<Result<Vec<Delivery>, StoreError>>,
+}
+
+impl WaitingClaim {
+    /// Whether the writer may still hold this claim instead of answering it empty.
+    fn may_wait(&self) -> bool {
+        self.may_wait_at(tokio::time::Instant::now())
+    }
+
+    fn may_wait_at(&self, at: tokio::time::Instant) -> bool {
+        self.hold_until.is_some_and(|t| t > at)
+    }
+}
+
+impl Request {
+    fn is_insert(&self) -> bool {
+        matches!(self.work, Work::Insert { .. })
+    }
+
+    /// The claim this request makes, on its own or after its marks.
+    fn waiting_claim(&self) -> Option<&WaitingClaim> {
+        match &self.work {
+            Work::Claim(claim)
+            | Work::Finish {
+                then: Some(claim), ..
+            } => Some(claim),
+            _ => None,
+        }
+    }
+
+    fn waiting_claim_mut(&mut self) -> Option<&mut WaitingClaim> {
+        match &mut self.work {
+            Work::Claim(claim)
+            | Work::Finish {
+                then: Some(claim), ..
+            } => Some(claim),
+            _ => None,
+        }
+    }
+
+    /// Whether the writer may hold this request while no claim could find anything.
+    fn may_wait(&self) -> bool {
+        self.waiting_claim().is_some_and(WaitingClaim::may_wait)
+    }
+
+    /// Drops a held claim whose caller stopped listening (the worker was shut down), so it
+    /// cannot lease deliveries to nobody; marks sent along are kept. `None` if nothing is left.
+    fn without_abandoned_claim(mut self) -> Option<Request> {
+        if !self.waiting_claim().is_some_and(|c| c.reply.is_closed()) {
+            return Some(self);
+        }
+        match &mut self.work {
+            Work::Finish { then, .. } => {
+                *then = None;
+                Some(self)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Claim {
+    /// Moves a held claim's clock reading to `now`, keeping its lease length, so it leases what
+    /// is due when it runs rather than when it was asked.
+    fn refresh(&mut self, now: jiff::Timestamp) {
+        let lease = self.until.saturating_sub(self.now);
+        self.now = self.now.max(ms(now));
+        self.until = self.now.saturating_add(lease);
+    }
 }
 
 /// A claim as `claim_deliveries` asked for it, in the units of the row.
@@ -192,7 +279,7 @@ impl std::fmt::Debug for Request {
         // Bodies and headers stay out of debug output.
         let kind = match &self.work {
             Work::Insert { .. } => "insert",
-            Work::Claim { .. } => "claim",
+            Work::Claim(_) => "claim",
             Work::Finish { .. } => "finish",
         };
         f.debug_struct("Request")
@@ -216,6 +303,7 @@ impl Ingest {
     pub(super) fn start<K: Send + Sync + 'static>(
         pool: SqlitePool,
         options: SqliteConnectOptions,
+        clock: SharedClock,
         gate: WriteGate,
         config: GroupCommit,
         enqueue_timeout: Duration,
@@ -226,6 +314,7 @@ impl Ingest {
         let counters = Arc::new(Counters::default());
         let writer = Writer {
             pool,
+            clock,
             gate,
             connection: WriterConnection::new(options),
         };
@@ -248,8 +337,57 @@ impl Ingest {
     /// Queues a claim and waits for the deliveries it leased, once their lease is committed.
     pub(super) async fn claim(&self, claim: Claim) -> Result<Vec<Delivery>, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.submit(Work::Claim { claim, reply }).await?;
+        self.submit(Work::Claim(WaitingClaim {
+            claim,
+            hold_until: None,
+            reply,
+        }))
+        .await?;
         answer.await.unwrap_or_else(|_| Err(writer_died()))
+    }
+
+    /// Queues processed marks together with the worker's next claim, which the writer may hold
+    /// for up to `patience` while it finds nothing (see [`WaitingClaim::hold_until`]). Answers
+    /// the marks' results and the claim's, both after their commits.
+    pub(super) async fn finish_and_claim(
+        &self,
+        outcomes: Vec<(Uuid, DeliveryOutcome)>,
+        now: i64,
+        claim: Claim,
+        patience: Duration,
+    ) -> (
+        Vec<Result<(), StoreError>>,
+        Result<Vec<Delivery>, StoreError>,
+    ) {
+        let n = outcomes.len();
+        let (reply, finished) = oneshot::channel();
+        let (claim_reply, claimed) = oneshot::channel();
+        let then = WaitingClaim {
+            claim,
+            hold_until: (!patience.is_zero()).then(|| tokio::time::Instant::now() + patience),
+            reply: claim_reply,
+        };
+        let work = if outcomes.is_empty() {
+            drop(reply); // nothing to mark: `finished` hears no results
+            Work::Claim(then)
+        } else {
+            Work::Finish {
+                outcomes,
+                now,
+                reply,
+                then: Some(then),
+            }
+        };
+        if let Err(e) = self.submit(work).await {
+            let finished = (0..n).map(|_| Err(unavailable(&e))).collect();
+            return (finished, Err(e));
+        }
+        let finished = match finished.await {
+            Ok(results) => results,
+            Err(_) => (0..n).map(|_| Err(writer_died())).collect(),
+        };
+        let claimed = claimed.await.unwrap_or_else(|_| Err(writer_died()));
+        (finished, claimed)
     }
 
     /// Queues processed marks and waits for one result per delivery, after their commit.
@@ -265,6 +403,7 @@ impl Ingest {
                 outcomes,
                 now,
                 reply,
+                then: None,
             })
             .await
         {
@@ -325,6 +464,8 @@ fn writer_died() -> StoreError {
 /// rare statement-by-statement path and undoing a damaged claim, and the process's write turn.
 struct Writer {
     pool: SqlitePool,
+    /// Re-reads the time for claims that waited.
+    clock: SharedClock,
     gate: WriteGate,
     connection: WriterConnection,
 }
@@ -393,8 +534,24 @@ async fn run<K>(
     keep_alive: Arc<K>,
 ) {
     let mut batch: Vec<Request> = Vec::with_capacity(config.max_batch);
+    let mut held = Held::default();
     loop {
-        let Some(first) = rx.recv().await else {
+        let first = match held.next_due() {
+            None => rx.recv().await,
+            Some(due) => tokio::select! {
+                first = rx.recv() => first,
+                () = tokio::time::sleep_until(due) => {
+                    // Patience is up: claim once more (a retry may have come due meanwhile)
+                    // and answer, found or not.
+                    held.take_due(&mut batch, writer.clock.now());
+                    if !batch.is_empty() {
+                        commit_batch(&mut writer, &mut batch, &mut held, &counters).await;
+                    }
+                    continue;
+                }
+            },
+        };
+        let Some(first) = first else {
             break;
         };
         let deadline = first.queued_at + config.window;
@@ -416,10 +573,162 @@ async fn run<K>(
                 Ok(_) => {}
             }
         }
-        commit_batch(&mut writer, &mut batch, &counters).await;
+        if batch.iter().any(Request::is_insert) {
+            // New deliveries: held claims lease them in the transaction that stores them.
+            held.join(&mut batch, writer.clock.now());
+        } else {
+            held.keep_if_nothing_to_claim(&mut batch);
+        }
+        split_claims(&mut batch);
+        if !batch.is_empty() {
+            commit_batch(&mut writer, &mut batch, &mut held, &counters).await;
+        }
+    }
+    // No request can come any more, so nothing new will arrive for the held claims; their
+    // marks are still written.
+    held.take_marks(&mut batch);
+    if !batch.is_empty() {
+        commit_batch(&mut writer, &mut batch, &mut held, &counters).await;
     }
     writer.connection.close().await;
     drop(keep_alive);
+}
+
+/// The inbox worker's requests the writer holds instead of writing them at once: claims that
+/// would find nothing, with the processed marks sent along. They join the next transaction that
+/// commits new deliveries, or run on their own when their patience is up. A light load thus
+/// costs one transaction per delivery (its insert, the last batch's marks and the next claim)
+/// instead of three or four (insert, claim, marks, an empty claim). Until the marks commit a
+/// crash runs those deliveries again, which handling tolerates (replays are recognized).
+#[derive(Debug)]
+struct Held {
+    requests: Vec<Request>,
+    /// Whether a claim could find something now: deliveries were committed since the last claim
+    /// ran, or the last claim stopped at its limit. Unknown at start-up, hence true. Deliveries
+    /// that become claimable by time (a retry coming due, a lapsed lease) or by a write outside
+    /// the writer are found when a held claim's patience is up, as the worker's idle poll did.
+    claimable: bool,
+}
+
+impl Default for Held {
+    fn default() -> Self {
+        Self {
+            requests: Vec::new(),
+            claimable: true,
+        }
+    }
+}
+
+impl Held {
+    /// When the earliest held claim must be answered.
+    fn next_due(&self) -> Option<tokio::time::Instant> {
+        self.requests
+            .iter()
+            .filter_map(|r| r.waiting_claim()?.hold_until)
+            .min()
+    }
+
+    /// Moves the held requests whose patience is up into `batch`, to be answered after it
+    /// whatever they find.
+    fn take_due(&mut self, batch: &mut Vec<Request>, now: jiff::Timestamp) {
+        let at = tokio::time::Instant::now();
+        let (due, waiting) = std::mem::take(&mut self.requests)
+            .into_iter()
+            .partition(|r| r.waiting_claim().is_none_or(|c| !c.may_wait_at(at)));
+        self.requests = waiting;
+        for mut request in due {
+            if let Some(claim) = request.waiting_claim_mut() {
+                claim.hold_until = None;
+                claim.claim.refresh(now);
+            }
+            batch.push(request);
+        }
+        split_claims(batch);
+    }
+
+    /// Moves every held request into `batch`, which commits new deliveries.
+    fn join(&mut self, batch: &mut Vec<Request>, now: jiff::Timestamp) {
+        for mut request in self.requests.drain(..) {
+            if let Some(claim) = request.waiting_claim_mut() {
+                claim.claim.refresh(now);
+            }
+            batch.push(request);
+        }
+    }
+
+    /// When no claim could find anything, takes the claims of `batch` that may wait (with the
+    /// marks sent along) out of it, to be held instead of written.
+    fn keep_if_nothing_to_claim(&mut self, batch: &mut Vec<Request>) {
+        if self.claimable || !batch.iter().any(Request::may_wait) {
+            return;
+        }
+        let (wait, now): (Vec<_>, Vec<_>) = std::mem::take(batch)
+            .into_iter()
+            .partition(Request::may_wait);
+        *batch = now;
+        self.requests.extend(wait);
+    }
+
+    /// Answers every held claim with nothing and moves the marks sent along into `batch`.
+    fn take_marks(&mut self, batch: &mut Vec<Request>) {
+        for Request { work, queued_at } in self.requests.drain(..) {
+            let work = match work {
+                Work::Claim(claim) => {
+                    drop(claim.reply.send(Ok(Vec::new())));
+                    continue;
+                }
+                Work::Finish {
+                    outcomes,
+                    now,
+                    reply,
+                    then,
+                } => {
+                    if let Some(claim) = then {
+                        drop(claim.reply.send(Ok(Vec::new())));
+                    }
+                    Work::Finish {
+                        outcomes,
+                        now,
+                        reply,
+                        then: None,
+                    }
+                }
+                insert @ Work::Insert { .. } => insert,
+            };
+            batch.push(Request { work, queued_at });
+        }
+    }
+}
+
+/// Splits the claim sent along with processed marks off as the request right after them, so
+/// the rest of the writer sees only plain requests (and the claim still follows the marks).
+/// Claims whose caller stopped listening are dropped first: they would lease deliveries to
+/// nobody until the lease lapsed.
+fn split_claims(batch: &mut Vec<Request>) {
+    let abandoned = |r: &Request| r.waiting_claim().is_some_and(|c| c.reply.is_closed());
+    if !batch
+        .iter()
+        .any(|r| matches!(r.work, Work::Finish { then: Some(_), .. }) || abandoned(r))
+    {
+        return;
+    }
+    for request in std::mem::take(batch) {
+        let Some(mut request) = request.without_abandoned_claim() else {
+            continue;
+        };
+        let then = match &mut request.work {
+            Work::Finish { then, .. } => then.take(),
+            _ => None,
+        };
+        let queued_at = request.queued_at;
+        batch.push(request);
+        if let Some(claim) = then {
+            batch.push(Request {
+                work: Work::Claim(claim),
+                queued_at,
+            });
+        }
+    }
 }
 
 /// What one request of a committed batch is answered.
@@ -429,8 +738,14 @@ enum Answer {
     Finish(Vec<Result<(), StoreError>>),
 }
 
-/// Writes `batch` in one transaction and answers every request in it, emptying it.
-async fn commit_batch(writer: &mut Writer, batch: &mut Vec<Request>, counters: &Counters) {
+/// Writes `batch` in one transaction and answers every request in it, emptying it; a claim
+/// that found nothing and may still wait goes to `held` instead of being answered.
+async fn commit_batch(
+    writer: &mut Writer,
+    batch: &mut Vec<Request>,
+    held: &mut Held,
+    counters: &Counters,
+) {
     let rows = batch
         .iter()
         .filter(|r| matches!(r.work, Work::Insert { .. }))
@@ -450,12 +765,37 @@ async fn commit_batch(writer: &mut Writer, batch: &mut Vec<Request>, counters: &
     metrics::histogram!("jitbridge_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
     match written {
         Ok(answers) => {
+            // Claims run after the new rows, so the last one tells whether anything is left
+            // to claim; without a claim, new rows leave something.
+            let mut last_claim_full = None;
+            let mut stored = false;
             // A caller that gave up (request timeout) no longer listens; its row is stored
             // all the same and a retry will be told it is a duplicate.
             for (request, answer) in batch.drain(..).zip(answers) {
+                let queued_at = request.queued_at;
                 match (request.work, answer) {
-                    (Work::Insert { reply, .. }, Answer::Insert(a)) => drop(reply.send(a)),
-                    (Work::Claim { reply, .. }, Answer::Claim(a)) => drop(reply.send(a)),
+                    (Work::Insert { reply, .. }, Answer::Insert(a)) => {
+                        stored |= matches!(a, Ok(InsertOutcome::Accepted(_)));
+                        drop(reply.send(a));
+                    }
+                    (Work::Claim(claim), Answer::Claim(a)) => {
+                        last_claim_full = Some(match &a {
+                            Ok(found) => {
+                                i64::try_from(found.len()).unwrap_or(i64::MAX) >= claim.claim.limit
+                            }
+                            Err(_) => true,
+                        });
+                        match a {
+                            // Found nothing and may wait: held until new deliveries commit.
+                            Ok(found) if found.is_empty() && claim.may_wait() => {
+                                held.requests.push(Request {
+                                    work: Work::Claim(claim),
+                                    queued_at,
+                                });
+                            }
+                            a => drop(claim.reply.send(a)),
+                        }
+                    }
                     (Work::Finish { reply, .. }, Answer::Finish(a)) => drop(reply.send(a)),
                     // `write_batch` answers each request in its own kind. Should that ever
                     // break, the dropped reply tells the caller the batch failed (503, so a
@@ -466,8 +806,10 @@ async fn commit_batch(writer: &mut Writer, batch: &mut Vec<Request>, counters: &
                     ),
                 }
             }
+            held.claimable = last_claim_full.unwrap_or(held.claimable || stored);
         }
         Err(e) => {
+            held.claimable = true; // whatever the failed claims would have taken is still there
             if rows > 0 {
                 counters.failed_batches.fetch_add(1, Ordering::Relaxed);
             }
@@ -475,7 +817,7 @@ async fn commit_batch(writer: &mut Writer, batch: &mut Vec<Request>, counters: &
             for request in batch.drain(..) {
                 match request.work {
                     Work::Insert { reply, .. } => drop(reply.send(Err(unavailable(&e)))),
-                    Work::Claim { reply, .. } => drop(reply.send(Err(unavailable(&e)))),
+                    Work::Claim(claim) => drop(claim.reply.send(Err(unavailable(&e)))),
                     Work::Finish {
                         outcomes, reply, ..
                     } => drop(reply.send(outcomes.iter().map(|_| Err(unavailable(&e))).collect())),
@@ -521,7 +863,7 @@ fn fits_one_trip(batch: &[Request]) -> bool {
                     return false;
                 }
             }
-            Work::Claim { .. } => {}
+            Work::Claim(_) => {}
         }
     }
     rows <= ROWS_PER_INSERT
@@ -593,7 +935,7 @@ async fn write_in_one_trip(
         statements.push(Statement::Insert);
     }
     for (n, request) in batch.iter().enumerate() {
-        if let Work::Claim { claim, .. } = &request.work {
+        if let Work::Claim(WaitingClaim { claim, .. }) = &request.work {
             push_claim(&mut command, claim);
             command.push("; ");
             statements.push(Statement::Claim(n));
@@ -676,7 +1018,7 @@ async fn write_in_one_trip(
                 }
                 Answer::Finish(results)
             }
-            Work::Claim { claim, .. } => {
+            Work::Claim(WaitingClaim { claim, .. }) => {
                 let rows = std::mem::take(&mut claimed[n]);
                 Answer::Claim(decode_claim(&writer.pool, &writer.gate, claim, rows).await)
             }
@@ -759,7 +1101,7 @@ async fn write_batch_stepwise(
             Work::Insert { .. } => {
                 *slot = inserted.next().map(Answer::Insert);
             }
-            Work::Claim { claim, .. } => {
+            Work::Claim(WaitingClaim { claim, .. }) => {
                 *slot = Some(Answer::Claim(claim_rows(&mut tx, claim).await?));
             }
             Work::Finish { .. } => {}
