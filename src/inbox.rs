@@ -75,9 +75,12 @@ impl InboxWorker {
                 patience: IDLE_POLL,
             };
             let turn = tokio::select! {
+                // The turn is polled first, so its marks reach the store before a shutdown is
+                // heeded; they commit even if the claim's answer is no longer awaited. (Marks
+                // that could not be handed over run again after a restart, which handling
+                // tolerates: replays are recognized.)
+                biased;
                 turn = self.service.store().finish_and_claim(outcomes, next) => turn,
-                // Marks already handed to the store still commit; any that were not run again
-                // after a restart, which handling tolerates (replays are recognized).
                 () = shutdown.cancelled() => return,
             };
             Self::record_finished(std::mem::take(&mut processed), turn.finished);
