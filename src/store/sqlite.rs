@@ -1219,7 +1219,8 @@ mod tests {
     use crate::audit::{ChainError, verify_chain};
     use crate::clock::ManualClock;
     use crate::store::conformance::{
-        at, audit, delivery, grant, ids, insert, job, secs, transition,
+        at, audit, delivery, delivery_ids, grant, ids, insert, job, leased_after_marks, secs,
+        transition,
     };
 
     async fn open_at(dir: &tempfile::TempDir) -> SqliteStore {
@@ -1449,7 +1450,7 @@ mod tests {
         );
         let claimed = claimed.unwrap();
         assert_eq!(
-            claimed.iter().map(|d| d.id).collect::<Vec<_>>(),
+            delivery_ids(&claimed),
             new.iter().map(|d| d.id).collect::<Vec<_>>(),
             "the claim takes the rows committed with it, oldest first, and not the one being marked"
         );
@@ -1505,10 +1506,7 @@ mod tests {
                 InsertOutcome::Accepted(new.id)
             ]
         );
-        assert_eq!(
-            claimed.unwrap().iter().map(|d| d.id).collect::<Vec<_>>(),
-            vec![original.id, new.id]
-        );
+        assert_eq!(delivery_ids(&claimed.unwrap()), vec![original.id, new.id]);
 
         // A reused id makes SQLite refuse the command: it is rolled back and redone statement
         // by statement, where only that row fails.
@@ -1528,10 +1526,7 @@ mod tests {
             inserted[1].as_ref().unwrap(),
             &InsertOutcome::Accepted(fine.id)
         );
-        assert_eq!(
-            claimed.unwrap().iter().map(|d| d.id).collect::<Vec<_>>(),
-            vec![fine.id]
-        );
+        assert_eq!(delivery_ids(&claimed.unwrap()), vec![fine.id]);
 
         // Neither the writer's own connection (which sent the refused command) nor a pooled
         // one (which redid it) was left inside a transaction: the next batches go as one
@@ -1794,10 +1789,7 @@ mod tests {
 
         assert_eq!(inserted, InsertOutcome::Accepted(new.id));
         let claimed = turn.claimed.unwrap();
-        assert_eq!(
-            claimed.iter().map(|d| d.id).collect::<Vec<_>>(),
-            vec![new.id]
-        );
+        assert_eq!(delivery_ids(&claimed), vec![new.id]);
         assert_eq!(claimed[0].attempts, 1);
         assert!(!turn.waited);
         assert_eq!(
@@ -1848,10 +1840,7 @@ mod tests {
         let turn = waiting.await.unwrap();
 
         let claimed = turn.claimed.unwrap();
-        assert_eq!(
-            claimed.iter().map(|d| d.id).collect::<Vec<_>>(),
-            vec![later.id]
-        );
+        assert_eq!(delivery_ids(&claimed), vec![later.id]);
         assert!(!turn.waited);
         assert_eq!(store.ingest_stats().transactions - before, 1);
         let until: i64 = sqlx::query_scalar("SELECT claimed_until FROM deliveries WHERE id = $1")
@@ -1900,16 +1889,8 @@ mod tests {
             .unwrap();
 
         assert_eq!(inserted, InsertOutcome::Accepted(new.id));
-        assert!(
-            matches!(turn.finished.as_slice(), [Ok(())]),
-            "{:?}",
-            turn.finished
-        );
-        let claimed = turn.claimed.unwrap();
-        assert_eq!(
-            claimed.iter().map(|d| d.id).collect::<Vec<_>>(),
-            vec![new.id]
-        );
+        assert_eq!(turn.finished.len(), 1);
+        assert_eq!(leased_after_marks(turn), vec![new.id]);
         assert_eq!(
             store.ingest_stats().transactions - before,
             1,
