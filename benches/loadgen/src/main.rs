@@ -80,16 +80,8 @@ enum ServeCmd {
         #[arg(long)]
         secret: String,
     },
-    Jitbridge {
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long, default_value_t = 128)]
-        max_batch: usize,
-        #[arg(long, default_value_t = 2000)]
-        window_us: u64,
-        #[arg(long, allow_negative_numbers = true)]
-        epoch_ms: Option<i64>,
-    },
+    StoreOnly(JitbridgeArgs),
+    Jitbridge(JitbridgeArgs),
 }
 
 #[tokio::main]
@@ -103,17 +95,8 @@ async fn main() -> anyhow::Result<()> {
         let kind = match kind {
             ServeCmd::Bare => ServeKind::Bare,
             ServeCmd::Hmac { secret } => ServeKind::Hmac { secret },
-            ServeCmd::Jitbridge {
-                dir,
-                max_batch,
-                window_us,
-                epoch_ms,
-            } => ServeKind::Jitbridge(JitbridgeArgs {
-                dir,
-                max_batch,
-                window_us,
-                epoch_ms,
-            }),
+            ServeCmd::StoreOnly(args) => ServeKind::StoreOnly(args),
+            ServeCmd::Jitbridge(args) => ServeKind::Jitbridge(args),
         };
         return serve::serve(kind).await;
     }

@@ -146,6 +146,22 @@ impl World {
         .await
     }
 
+    /// The HMAC baseline committing each delivery through jitbridge's inbox writer, and nothing
+    /// else, on a store in `dir`.
+    async fn store_only(&self, dir: &Path) -> anyhow::Result<Target> {
+        targets::spawn_self(
+            STORE_ONLY,
+            &ServeKind::StoreOnly(JitbridgeArgs {
+                dir: dir.to_path_buf(),
+                max_batch: self.settings.max_batch,
+                window_us: self.settings.window_us,
+                epoch_ms: None,
+            }),
+            "/webhooks/jira",
+        )
+        .await
+    }
+
     async fn bare(&self) -> anyhow::Result<Target> {
         targets::spawn_self("bare axum 200", &ServeKind::Bare, "/webhooks/jira").await
     }
@@ -166,6 +182,9 @@ impl World {
     }
 }
 
+/// P1's name for the store-only target (see [`crate::targets`]).
+const STORE_ONLY: &str = "HMAC + jitbridge inbox (store only)";
+
 fn deliveries(target: &Target, run: &str, mix: Mix) -> Deliveries {
     Deliveries {
         path: target.path.clone(),
@@ -173,6 +192,15 @@ fn deliveries(target: &Target, run: &str, mix: Mix) -> Deliveries {
         run: run.into(),
         mix,
     }
+}
+
+/// The P1 row of a target that stored its deliveries in `dir`: named with the rows committed,
+/// and any difference between those rows and the 2xx answers counted as unexpected (every 2xx
+/// was sent after its commit, so the two must match).
+async fn committed(name: &str, dir: &Path, mut o: Outcome) -> anyhow::Result<(String, Outcome)> {
+    let rows = inbox_rows(dir).await?;
+    o.unexpected += u64::try_from((rows - o.ok_2xx as i64).abs()).unwrap_or(0);
+    Ok((format!("{name} [{rows} rows]"), o))
 }
 
 /// Rows in the inbox of a stopped jitbridge (read after the daemon released the file).
@@ -213,6 +241,17 @@ pub async fn p1(world: &World, table: &mut Table) -> anyhow::Result<()> {
         results.push((target.name.clone(), o));
         target.stop().await;
     }
+    {
+        let dir = world.jitbridge_dir()?;
+        let target = world.store_only(&dir).await?;
+        let o = load::drive(
+            &s.run(&target, Pace::Closed),
+            &deliveries(&target, "p1", Mix::default()),
+        )
+        .await?;
+        target.stop().await;
+        results.push(committed(STORE_ONLY, &dir, o).await?);
+    }
     if let Some(target) = world.webhook().await? {
         // adnanh/webhook forks /bin/true per request: fewer connections keep it from timing out.
         let o = load::drive(
@@ -235,11 +274,7 @@ pub async fn p1(world: &World, table: &mut Table) -> anyhow::Result<()> {
         )
         .await?;
         target.stop().await;
-        let rows = inbox_rows(&dir).await?;
-        let mut o2 = o.clone();
-        // Every 202 was answered after its commit: the committed rows must match.
-        o2.unexpected += u64::try_from((rows - o.ok_2xx as i64).abs()).unwrap_or(0);
-        results.push((format!("{name} [{rows} rows]"), o2));
+        results.push(committed(name, &dir, o).await?);
     }
     let find = |prefix: &str| {
         results
@@ -249,14 +284,20 @@ pub async fn p1(world: &World, table: &mut Table) -> anyhow::Result<()> {
     };
     let hmac = find("axum HMAC");
     let webhook = find("adnanh");
+    let store_only = find(STORE_ONLY);
     for (name, o) in &results {
         let mut row = load_row("P1 durable accept", name, o);
+        if (name.starts_with("jitbridge") || name.starts_with(STORE_ONLY))
+            && let Some(h) = hmac
+        {
+            row = row.ratio("vs HMAC", o.throughput() / h);
+        }
         if name.starts_with("jitbridge") {
-            if let Some(h) = hmac {
-                row = row.ratio("vs HMAC", o.throughput() / h);
-            }
             if let Some(w) = webhook {
                 row = row.ratio("vs webhook", o.throughput() / w);
+            }
+            if let Some(st) = store_only {
+                row = row.ratio("vs store only", o.throughput() / st);
             }
         }
         table.push(row);

@@ -16,6 +16,7 @@ use jiff::{SignedDuration, Timestamp};
 use jitbridge::clock::{Clock, SharedClock};
 use jitbridge::config::{MapSecrets, StoreLocation};
 use jitbridge::store::sqlite::{GroupCommit, SqliteStore, SqliteTuning};
+use jitbridge::store::{InsertOutcome, NewDelivery, Store};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
@@ -148,7 +149,71 @@ pub async fn serve(kind: ServeKind) -> anyhow::Result<()> {
             }));
             serve_router(app).await
         }
+        ServeKind::StoreOnly(args) => serve_store_only(args).await,
         ServeKind::Jitbridge(args) => serve_jitbridge(args).await,
+    }
+}
+
+/// The durable-store ceiling: the HMAC baseline, then the delivery committed through
+/// jitbridge's SQLite inbox writer (group commit, `synchronous=FULL`) before the 202, as the
+/// daemon's ingress does, and nothing else: no inbox worker claims, handles or marks it. What
+/// the real daemon reaches of this is what its ingress, worker and mappings cost on top of the
+/// store; what this reaches of the HMAC baseline is what durability costs on this disk.
+async fn serve_store_only(args: JitbridgeArgs) -> anyhow::Result<()> {
+    let data = args.dir.join("data");
+    std::fs::create_dir_all(&data)?;
+    let tuning = group_commit(&args);
+    let clock: SharedClock = Arc::new(ShiftedClock {
+        shift: SignedDuration::ZERO,
+    });
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open_with_tuning(&data.join("jitbridge.db"), clock, tuning)
+            .await
+            .context("opening the store-only bench store")?,
+    );
+    let app = axum::Router::new().fallback(post(move |headers: HeaderMap, body: Bytes| {
+        let store = store.clone();
+        async move { verify_and_store(&store, &headers, body).await }
+    }));
+    serve_router(app).await
+}
+
+/// [`verify_only`], then the insert: 202 once a new delivery committed, 200 for a repeat of a
+/// stored one, 503 when the store failed.
+async fn verify_and_store(store: &Arc<dyn Store>, headers: &HeaderMap, body: Bytes) -> StatusCode {
+    let verdict = verify_only(WEBHOOK_SECRET, headers, &body);
+    if verdict != StatusCode::ACCEPTED {
+        return verdict;
+    }
+    let Some(dedupe_key) = headers
+        .get("x-atlassian-webhook-identifier")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return StatusCode::BAD_REQUEST;
+    };
+    // Stored like the daemon stores them: every header but the credential.
+    let stored_headers = headers
+        .iter()
+        .filter(|(name, _)| name.as_str() != "x-hub-signature")
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let delivery = NewDelivery {
+        id: uuid::Uuid::now_v7(),
+        connector: "jira".to_owned(),
+        dedupe_key: dedupe_key.to_owned(),
+        received_at: Timestamp::now(),
+        headers: stored_headers,
+        body: body.to_vec(),
+    };
+    match store.insert_delivery(delivery).await {
+        Ok(InsertOutcome::Accepted(_)) => StatusCode::ACCEPTED,
+        Ok(InsertOutcome::Duplicate(_)) => StatusCode::OK,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -215,15 +280,7 @@ async fn serve_jitbridge(args: JitbridgeArgs) -> anyhow::Result<()> {
         None => SignedDuration::ZERO,
     };
     let clock: SharedClock = Arc::new(ShiftedClock { shift });
-    let tuning = SqliteTuning {
-        group_commit: GroupCommit {
-            max_batch: args.max_batch,
-            window: Duration::from_micros(args.window_us),
-            ..GroupCommit::default()
-        },
-        ..SqliteTuning::default()
-    };
-    let store = SqliteStore::open_with_tuning(path, clock.clone(), tuning)
+    let store = SqliteStore::open_with_tuning(path, clock.clone(), group_commit(&args))
         .await
         .context("opening the bench store")?;
     let running = jitbridge::app::start_with_store(config, Arc::new(store), clock)
@@ -233,4 +290,17 @@ async fn serve_jitbridge(args: JitbridgeArgs) -> anyhow::Result<()> {
     stdin_closed().await;
     running.stop().await;
     Ok(())
+}
+
+/// The store tuning a child runs with: the group commit the driver asked for, defaults
+/// otherwise.
+fn group_commit(args: &JitbridgeArgs) -> SqliteTuning {
+    SqliteTuning {
+        group_commit: GroupCommit {
+            max_batch: args.max_batch,
+            window: Duration::from_micros(args.window_us),
+            ..GroupCommit::default()
+        },
+        ..SqliteTuning::default()
+    }
 }

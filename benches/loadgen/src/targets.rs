@@ -5,6 +5,9 @@
 //!   bound for any durable receiver);
 //! - `webhook`: Debian's adnanh/webhook with a `payload-hmac-sha256` rule running `/bin/true`
 //!   (the do-it-yourself route), when `/usr/bin/webhook` exists;
+//! - `store-only`: the HMAC baseline that also commits each delivery through jitbridge's SQLite
+//!   inbox writer before its 202, and does nothing else (no inbox worker, no mappings): the
+//!   ceiling for any receiver durable on this store, on this disk;
 //! - `jitbridge`: the real daemon (`config::load` + `app::start_with_store`) on a store in a
 //!   temporary directory.
 //!
@@ -71,22 +74,43 @@ impl Target {
 #[derive(Debug, Clone)]
 pub enum ServeKind {
     Bare,
-    Hmac { secret: String },
+    Hmac {
+        secret: String,
+    },
+    /// The HMAC check, then an insert into jitbridge's SQLite inbox (group commit as in `args`).
+    StoreOnly(JitbridgeArgs),
     Jitbridge(JitbridgeArgs),
 }
 
-/// How a jitbridge child runs.
-#[derive(Debug, Clone)]
+/// How a jitbridge (or store-only) child runs; also its `serve` command line.
+#[derive(Debug, Clone, clap::Args)]
 pub struct JitbridgeArgs {
     /// Directory with `jitbridge.toml`, `connectors/` and `mappings/`.
+    #[arg(long)]
     pub dir: PathBuf,
     /// Group commit: most rows per batch (1 = one commit per delivery, the "before").
+    #[arg(long, default_value_t = 128)]
     pub max_batch: usize,
     /// Group commit window, microseconds.
+    #[arg(long, default_value_t = 0)]
     pub window_us: u64,
     /// Virtual time the daemon's clock shows when it starts (unix ms), for expiry runs whose
     /// deadlines were seeded ahead of time; `None` runs on real time.
+    #[arg(long, allow_negative_numbers = true)]
     pub epoch_ms: Option<i64>,
+}
+
+impl JitbridgeArgs {
+    /// Appends these arguments to a `serve` command line.
+    fn push_to(&self, cmd: &mut Command) {
+        cmd.arg("--dir")
+            .arg(&self.dir)
+            .args(["--max-batch", &self.max_batch.to_string()])
+            .args(["--window-us", &self.window_us.to_string()]);
+        if let Some(e) = self.epoch_ms {
+            cmd.args(["--epoch-ms", &e.to_string()]);
+        }
+    }
 }
 
 /// Spawns `jitbridge-bench serve …` and waits for its READY line.
@@ -101,16 +125,8 @@ pub async fn spawn_self(name: &str, kind: &ServeKind, path: &str) -> anyhow::Res
         ServeKind::Hmac { secret } => {
             cmd.args(["hmac", "--secret", secret]);
         }
-        ServeKind::Jitbridge(a) => {
-            cmd.arg("jitbridge")
-                .arg("--dir")
-                .arg(&a.dir)
-                .args(["--max-batch", &a.max_batch.to_string()])
-                .args(["--window-us", &a.window_us.to_string()]);
-            if let Some(e) = a.epoch_ms {
-                cmd.args(["--epoch-ms", &e.to_string()]);
-            }
-        }
+        ServeKind::StoreOnly(a) => a.push_to(cmd.arg("store-only")),
+        ServeKind::Jitbridge(a) => a.push_to(cmd.arg("jitbridge")),
     }
     let started = Instant::now();
     let mut child = cmd
