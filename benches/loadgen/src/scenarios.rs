@@ -241,17 +241,6 @@ pub async fn p1(world: &World, table: &mut Table) -> anyhow::Result<()> {
         results.push((target.name.clone(), o));
         target.stop().await;
     }
-    {
-        let dir = world.jitbridge_dir()?;
-        let target = world.store_only(&dir).await?;
-        let o = load::drive(
-            &s.run(&target, Pace::Closed),
-            &deliveries(&target, "p1", Mix::default()),
-        )
-        .await?;
-        target.stop().await;
-        results.push(committed(STORE_ONLY, &dir, o).await?);
-    }
     if let Some(target) = world.webhook().await? {
         // adnanh/webhook forks /bin/true per request: fewer connections keep it from timing out.
         let o = load::drive(
@@ -275,6 +264,18 @@ pub async fn p1(world: &World, table: &mut Table) -> anyhow::Result<()> {
         .await?;
         target.stop().await;
         results.push(committed(name, &dir, o).await?);
+    }
+    // Last, so the daemon runs under the same conditions as before this target existed.
+    {
+        let dir = world.jitbridge_dir()?;
+        let target = world.store_only(&dir).await?;
+        let o = load::drive(
+            &s.run(&target, Pace::Closed),
+            &deliveries(&target, "p1", Mix::default()),
+        )
+        .await?;
+        target.stop().await;
+        results.push(committed(STORE_ONLY, &dir, o).await?);
     }
     let find = |prefix: &str| {
         results
