@@ -13,7 +13,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use jiff::{SignedDuration, Timestamp};
-use jitbridge::clock::{Clock, SharedClock};
+use jitbridge::clock::{Clock, SharedClock, SystemClock};
 use jitbridge::config::{MapSecrets, StoreLocation};
 use jitbridge::store::sqlite::{GroupCommit, SqliteStore, SqliteTuning};
 use jitbridge::store::{InsertOutcome, NewDelivery, Store};
@@ -162,20 +162,27 @@ pub async fn serve(kind: ServeKind) -> anyhow::Result<()> {
 async fn serve_store_only(args: JitbridgeArgs) -> anyhow::Result<()> {
     let data = args.dir.join("data");
     std::fs::create_dir_all(&data)?;
-    let tuning = group_commit(&args);
-    let clock: SharedClock = Arc::new(ShiftedClock {
-        shift: SignedDuration::ZERO,
-    });
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open_with_tuning(&data.join("jitbridge.db"), clock, tuning)
-            .await
-            .context("opening the store-only bench store")?,
+    let store = Arc::new(
+        SqliteStore::open_with_tuning(
+            &data.join("jitbridge.db"),
+            Arc::new(SystemClock),
+            group_commit(&args),
+        )
+        .await
+        .context("opening the store-only bench store")?,
     );
+    let for_requests: Arc<dyn Store> = store.clone();
     let app = axum::Router::new().fallback(post(move |headers: HeaderMap, body: Bytes| {
-        let store = store.clone();
+        let store = for_requests.clone();
         async move { verify_and_store(&store, &headers, body).await }
     }));
-    serve_router(app).await
+    serve_router(app).await?;
+    // Every answer went out after its commit; closing checkpoints the WAL and releases the
+    // instance lock before the driver counts the rows.
+    if let Ok(store) = Arc::try_unwrap(store) {
+        store.close().await;
+    }
+    Ok(())
 }
 
 /// [`verify_only`], then the insert: 202 once a new delivery committed, 200 for a repeat of a
