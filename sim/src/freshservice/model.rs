@@ -1,14 +1,14 @@
 //! The simulated helpdesk's data: requesters, agents, service-request tickets, their approvals
 //! and notes, and their API v2 JSON shapes (`itsm-wire-formats.md` §3).
 //!
-//! Tags as in the wire-format document: shapes marked **[U]** are unverified guesses that the
+//! Tags as in the wire-format document: shapes marked **\[U\]** are unverified guesses that the
 //! simulator uses while jitbridge's parser must tolerate alternatives.
 
 use jiff::Timestamp;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-/// Ticket `status` codes [S].
+/// Ticket `status` codes \[S\].
 pub mod status {
     /// Open.
     pub const OPEN: u8 = 2;
@@ -25,9 +25,9 @@ pub mod status {
 /// An approval state, on a ticket (`approval_status` + `approval_status_name`) and on an
 /// approval row (`approval_status: {id, name}`).
 ///
-/// Codes: `4 = Not Requested` is [S] (the "View a ticket" sample); `0 requested` and
-/// `3 cancelled` on approval rows are [S] (a public PowerShell client's sample output);
-/// `1 approved` and `2 rejected` are [U], inferred from that numbering. Parsers key off the name.
+/// Codes: `4 = Not Requested` is \[S\] (the "View a ticket" sample); `0 requested` and
+/// `3 cancelled` on approval rows are \[S\] (a public PowerShell client's sample output);
+/// `1 approved` and `2 rejected` are \[U\], inferred from that numbering. Parsers key off the name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ApprovalStatus {
     /// Waiting for the approver.
@@ -246,8 +246,8 @@ impl Ticket {
 }
 
 impl Approval {
-    /// One element of `{"approvals": [...]}`. Shape **[U]** beyond `id`, `approver_id` and
-    /// `approval_status {id, name}` ([S], a public client's sample): `approval_type`, `level`,
+    /// One element of `{"approvals": [...]}`. Shape **\[U\]** beyond `id`, `approver_id` and
+    /// `approval_status {id, name}` (\[S\], a public client's sample): `approval_type`, `level`,
     /// `user_id`, `delegatee`, `latest_remark` follow that sample; there is no `member_id`.
     pub fn json(&self, approver_name: &str, requester_id: u64) -> Value {
         json!({
@@ -267,7 +267,7 @@ impl Approval {
 }
 
 impl Note {
-    /// The object inside `{"conversation": ...}` (shape [U]).
+    /// The object inside `{"conversation": ...}` (shape \[U\]).
     pub fn json(&self) -> Value {
         json!({
             "id": self.id,
