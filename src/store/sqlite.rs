@@ -1760,6 +1760,22 @@ mod tests {
         .expect("the inbox writer ran");
     }
 
+    /// Stores `new` while `held` (a spawned `finish_and_claim`) waits, and returns the turn its
+    /// commit answered; `answered` says why it must come within the timeout.
+    async fn insert_into_held_turn(
+        store: &SqliteStore,
+        new: &NewDelivery,
+        held: tokio::task::JoinHandle<InboxTurn>,
+        answered: &str,
+    ) -> InboxTurn {
+        let inserted = store.insert_delivery(new.clone()).await.unwrap();
+        assert_eq!(inserted, InsertOutcome::Accepted(new.id));
+        tokio::time::timeout(Duration::from_secs(10), held)
+            .await
+            .expect(answered)
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn a_claim_that_finds_nothing_waits_and_leases_the_next_delivery_in_the_commit_that_stores_it()
      {
@@ -1781,13 +1797,14 @@ mod tests {
         );
 
         let new = delivery("evt-new", 5);
-        let inserted = store.insert_delivery(new.clone()).await.unwrap();
-        let turn = tokio::time::timeout(Duration::from_secs(10), waiting)
-            .await
-            .expect("the held claim is answered with the delivery, not after its patience")
-            .unwrap();
+        let turn = insert_into_held_turn(
+            &store,
+            &new,
+            waiting,
+            "the held claim is answered with the delivery, not after its patience",
+        )
+        .await;
 
-        assert_eq!(inserted, InsertOutcome::Accepted(new.id));
         let claimed = turn.claimed.unwrap();
         assert_eq!(delivery_ids(&claimed), vec![new.id]);
         assert_eq!(claimed[0].attempts, 1);
@@ -1882,13 +1899,14 @@ mod tests {
             }
         });
         let new = delivery("evt-new", 5);
-        let inserted = store.insert_delivery(new.clone()).await.unwrap();
-        let turn = tokio::time::timeout(Duration::from_secs(10), turn)
-            .await
-            .expect("the turn is answered by the commit that stores the new delivery")
-            .unwrap();
+        let turn = insert_into_held_turn(
+            &store,
+            &new,
+            turn,
+            "the turn is answered by the commit that stores the new delivery",
+        )
+        .await;
 
-        assert_eq!(inserted, InsertOutcome::Accepted(new.id));
         assert_eq!(turn.finished.len(), 1);
         assert_eq!(leased_after_marks(turn), vec![new.id]);
         assert_eq!(

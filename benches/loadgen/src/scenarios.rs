@@ -194,10 +194,21 @@ fn deliveries(target: &Target, run: &str, mix: Mix) -> Deliveries {
     }
 }
 
-/// The P1 row of a target that stored its deliveries in `dir`: named with the rows committed,
-/// and any difference between those rows and the 2xx answers counted as unexpected (every 2xx
-/// was sent after its commit, so the two must match).
-async fn committed(name: &str, dir: &Path, mut o: Outcome) -> anyhow::Result<(String, Outcome)> {
+/// P1's closed-loop run of a target that stores its deliveries in `dir`, stopped afterwards.
+/// The row is named with the rows committed, and any difference between those rows and the 2xx
+/// answers counts as unexpected (every 2xx was sent after its commit, so the two must match).
+async fn drive_and_count(
+    s: &Settings,
+    target: Target,
+    dir: &Path,
+) -> anyhow::Result<(String, Outcome)> {
+    let mut o = load::drive(
+        &s.run(&target, Pace::Closed),
+        &deliveries(&target, "p1", Mix::default()),
+    )
+    .await?;
+    let name = target.name.clone();
+    target.stop().await;
     let rows = inbox_rows(dir).await?;
     o.unexpected += u64::try_from((rows - o.ok_2xx as i64).abs()).unwrap_or(0);
     Ok((format!("{name} [{rows} rows]"), o))
@@ -257,26 +268,12 @@ pub async fn p1(world: &World, table: &mut Table) -> anyhow::Result<()> {
     ] {
         let dir = world.jitbridge_dir()?;
         let target = world.jitbridge(name, &dir, batch, None).await?;
-        let o = load::drive(
-            &s.run(&target, Pace::Closed),
-            &deliveries(&target, "p1", Mix::default()),
-        )
-        .await?;
-        target.stop().await;
-        results.push(committed(name, &dir, o).await?);
+        results.push(drive_and_count(s, target, &dir).await?);
     }
     // Last, so the daemon runs under the same conditions as before this target existed.
-    {
-        let dir = world.jitbridge_dir()?;
-        let target = world.store_only(&dir).await?;
-        let o = load::drive(
-            &s.run(&target, Pace::Closed),
-            &deliveries(&target, "p1", Mix::default()),
-        )
-        .await?;
-        target.stop().await;
-        results.push(committed(STORE_ONLY, &dir, o).await?);
-    }
+    let dir = world.jitbridge_dir()?;
+    let target = world.store_only(&dir).await?;
+    results.push(drive_and_count(s, target, &dir).await?);
     let find = |prefix: &str| {
         results
             .iter()
